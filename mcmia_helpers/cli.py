@@ -1,0 +1,124 @@
+"""The command line: ``python -m mcmia_helpers run|data ...``.
+
+Every mistake a user can make (an unknown architecture, dataset or defence, a bad seed, an
+unwritable ``--out``, a dataset missing offline) ends with one line on stderr and exit status 2,
+never a traceback. Results are written atomically: an interrupted run leaves no half record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mcmia_helpers.data import DATASETS
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import ARCHITECTURES
+from mcmia_helpers.scales import SCALES
+
+EXIT_USER_ERROR = 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed '{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seed {value} is negative: use a seed >= 0")
+    return value
+
+
+def _writable_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"--out {text} is a folder: give a file name such as {text}/record.json")
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {probe} is not a writable folder")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mcmia_helpers.experiments import DEFENSES
+
+    parser = _OneLineParser(prog="python -m mcmia_helpers",
+                            description="Membership inference vs model compression: experiments of the MCMIA book.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
+
+    run = sub.add_parser("run", help="train (or load) one target model, attack it, write a JSON record")
+    run.add_argument("--arch", required=True, choices=ARCHITECTURES)
+    run.add_argument("--dataset", required=True, choices=DATASETS)
+    run.add_argument("--standin", choices=DATASETS, default=None,
+                     help="dataset to use instead when --dataset is not available offline (named in the record)")
+    run.add_argument("--defense", default="none", choices=sorted(DEFENSES))
+    run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
+    run.add_argument("--seed", type=_seed, default=0)
+    run.add_argument("--out", type=_writable_file, default=None, help="where the JSON record goes (default: stdout)")
+    run.add_argument("--imagenet-root", default=None, help="ImageFolder root with train/ and val/ (for --dataset imagenet)")
+    run.add_argument("--imagenet-size", type=int, default=64, help="image resolution for ImageNet (default 64)")
+    run.add_argument("--imagenet-classes", type=int, default=100, help="keep the first K ImageNet classes (default 100)")
+    run.add_argument("--progress", action="store_true", help="show progress bars")
+
+    data = sub.add_parser("data", help="prepare datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
+    fetch = data_sub.add_parser("fetch", help="download or copy a dataset into the data folder")
+    fetch.add_argument("name", choices=DATASETS)
+    fetch.add_argument("--root", default=None, help="data folder (default: MCMIA_DATA or ~/.cache/mcmia/data)")
+    fetch.add_argument("--imagenet-root", default=None)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from mcmia_helpers.experiments import ExperimentSpec, run_experiment
+    from mcmia_helpers.io import atomic_write_json
+
+    spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
+                          scale=args.scale, seed=args.seed, standin=args.standin,
+                          imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
+                          imagenet_classes=args.imagenet_classes)
+    split_path = args.out.with_suffix(".split.json") if args.out else None
+    record = run_experiment(spec, progress=args.progress, split_path=split_path)
+    if args.out:
+        if split_path is not None:
+            record["split_file"] = split_path.name
+        atomic_write_json(args.out, record)
+        print(f"wrote {args.out} ({record['dataset_description']})", file=sys.stderr)
+    else:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for any user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "data":
+            from mcmia_helpers.data import fetch_dataset
+
+            print(fetch_dataset(args.name, root=args.root, imagenet_root=args.imagenet_root))
+            return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are checkpointed; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 1

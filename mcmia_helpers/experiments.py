@@ -1,0 +1,191 @@
+"""One experiment = one target model, one defence, its attacks, and one JSON record.
+
+:func:`run_experiment` is what ``python -m mcmia_helpers run`` and the notebooks call: it loads
+the data (naming any offline stand-in), draws the disjoint split, trains the target (or loads it
+from the cache), measures utility, and returns a record that says what ran, on what data, at
+what scale, and with what results. Defences register a trainer in :data:`DEFENSES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+import mcmia_helpers
+from mcmia_helpers.data import DatasetBundle, MIASplit, load_dataset, make_split
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import ARCHITECTURES, build_model, count_parameters
+from mcmia_helpers.scales import ArchScale, get_scale, split_sizes
+from mcmia_helpers.training import TrainConfig, fit, get_device, load_or_train, predict_logits
+
+#: The dataset each architecture is run on in the paper, and this book's offline stand-in.
+PAPER_DATASETS = {"lenet5": "mnist", "vgg16": "cifar10", "mobilenetv2": "cifar10", "resnet18": "cifar10"}
+OFFLINE_STANDIN = "fashion-mnist"
+
+
+@dataclass
+class ExperimentSpec:
+    """What to run: architecture, data, defence (with its parameters), scale and seed."""
+
+    arch: str
+    dataset: str
+    defense: str = "none"
+    scale: str = "ci"
+    seed: int = 0
+    standin: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    imagenet_root: str | None = None
+    imagenet_size: int = 64
+    imagenet_classes: int | None = 100
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if self.defense not in DEFENSES:
+            raise UserError(f"unknown defense '{self.defense}': choose one of {', '.join(DEFENSES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
+        get_scale(self.scale)
+
+
+@dataclass
+class TargetContext:
+    """Everything a defence's trainer needs to train the target model."""
+
+    spec: ExperimentSpec
+    arch_scale: ArchScale
+    bundle: DatasetBundle
+    split: MIASplit
+    train_config: TrainConfig
+    device: torch.device
+    progress: bool = False
+
+    def build(self, dp_compatible: bool = False) -> nn.Module:
+        """A fresh, seeded model of the experiment's architecture for this data."""
+        torch.manual_seed(self.spec.seed)
+        return build_model(self.spec.arch, num_classes=self.bundle.num_classes,
+                           in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
+                           width=self.arch_scale.width, dp_compatible=dp_compatible)
+
+    def cache_config(self, **extra: Any) -> dict[str, Any]:
+        """The full configuration that identifies a trained target in the cache."""
+        return {"arch": self.spec.arch, "dataset": self.bundle.name_used, "view": self.bundle.view,
+                "width": self.arch_scale.width, "split_seed": self.split.seed,
+                "split_sizes": self.split.sizes(), "train": self.train_config.to_dict(),
+                "defense": self.spec.defense, "params": self.spec.params, **extra}
+
+
+def _train_undefended(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The baseline: plain training of the target on its members."""
+    def train(model: nn.Module, checkpoint: Path) -> list[dict]:
+        return fit(model, ctx.bundle, ctx.split.members, ctx.train_config, device=ctx.device,
+                   progress=ctx.progress, checkpoint_path=checkpoint)
+
+    model, info = load_or_train(ctx.cache_config(), ctx.build, train)
+    return model, {"history": info["history"], "cached": info["cached"]}
+
+
+#: Defence name -> trainer(ctx) -> (trained model, extra record fields). Later chapters add more.
+DEFENSES: dict[str, Callable[[TargetContext], tuple[nn.Module, dict[str, Any]]]] = {
+    "none": _train_undefended,
+}
+
+
+def arch_view(arch: str, bundle: DatasetBundle) -> DatasetBundle:
+    """The view of ``bundle`` that ``arch`` runs on: CIFAR architectures need 32x32 RGB."""
+    if arch != "lenet5" and bundle.image_size < 32:
+        return bundle.as_view(32, 3)
+    return bundle
+
+
+def prepare(spec: ExperimentSpec, progress: bool = False) -> TargetContext:
+    """Load data, draw the split and fix the training configuration for ``spec``."""
+    spec.validate()
+    arch_scale = get_scale(spec.scale).for_arch(spec.arch)
+    bundle = load_dataset(spec.dataset, standin=spec.standin, imagenet_root=spec.imagenet_root,
+                          imagenet_size=spec.imagenet_size, imagenet_classes=spec.imagenet_classes)
+    bundle = arch_view(spec.arch, bundle)
+    sizes = split_sizes(arch_scale.n_members).fit_to(len(bundle))
+    split = make_split(len(bundle), sizes, seed=spec.seed, dataset=bundle.name_used)
+    config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,
+                         optimizer=arch_scale.optimizer, lr=arch_scale.lr,
+                         weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
+                         seed=spec.seed)
+    return TargetContext(spec, arch_scale, bundle, split, config, get_device(), progress)
+
+
+def utility(model: nn.Module, ctx: TargetContext) -> dict[str, float]:
+    """Accuracy on members, non-members and the test set, and the generalisation gap."""
+    out = {}
+    for name, idx in (("member", ctx.split.members), ("nonmember", ctx.split.nonmembers),
+                      ("test", ctx.split.test)):
+        logits = predict_logits(model, ctx.bundle, idx, device=ctx.device)
+        out[f"{name}_acc"] = float((logits.argmax(1) == ctx.bundle.labels[idx]).float().mean())
+    out["generalization_gap"] = out["member_acc"] - out["test_acc"]
+    return out
+
+
+def split_digest(split: MIASplit) -> str:
+    """A short hash of the split's indices, so two records can be checked to share one split."""
+    return hashlib.sha256(json.dumps(split.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
+                   split_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run ``spec`` end to end and return its JSON-able record (see the module docstring)."""
+    started = time.perf_counter()
+    ctx = prepare(spec, progress)
+    if split_path is not None:
+        ctx.split.save(split_path)
+    model, extra = DEFENSES[spec.defense](ctx)
+    model.to(ctx.device)
+    total, nonzero = count_parameters(model)
+    history = extra.pop("history", [])
+    record: dict[str, Any] = {
+        "arch": spec.arch,
+        "dataset_requested": spec.dataset,
+        "dataset_used": ctx.bundle.name_used,
+        "dataset_standin": ctx.bundle.is_standin,
+        "dataset_view": ctx.bundle.view,
+        "dataset_description": ctx.bundle.describe(),
+        "scale": spec.scale,
+        "seed": spec.seed,
+        "defense": spec.defense,
+        "params": dict(spec.params),
+        "width": ctx.arch_scale.width,
+        "train_config": ctx.train_config.to_dict(),
+        "split_sizes": ctx.split.sizes(),
+        "split_digest": split_digest(ctx.split),
+        "train_acc": float(history[-1]["acc"]) if history else None,
+        "train_loss": float(history[-1]["loss"]) if history else None,
+        **utility(model, ctx),
+        "params_total": total,
+        "params_nonzero": nonzero,
+        "device": ctx.device.type,
+        "package_version": mcmia_helpers.__version__,
+        "torch_version": torch.__version__,
+    }
+    record.update(extra)
+    record["wall_time_s"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def spec_from_dict(d: dict[str, Any]) -> ExperimentSpec:
+    """An :class:`ExperimentSpec` from a plain dict (a grid cell, a JSON file)."""
+    known = {f for f in ExperimentSpec.__dataclass_fields__}
+    unknown = set(d) - known
+    if unknown:
+        raise UserError(f"unknown experiment keys {sorted(unknown)}: use {sorted(known)}")
+    return ExperimentSpec(**d)
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    return asdict(spec)
