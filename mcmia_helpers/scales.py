@@ -58,16 +58,24 @@ _SGD = dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")
 
 _TABLE: dict[str, dict[str, ArchScale]] = {
     "ci": {
-        "lenet5": ArchScale(n_members=500, epochs=20, width=1.0, n_shadow_models=2, n_lira_models=8),
-        "vgg16": ArchScale(n_members=256, epochs=3, width=0.125, n_shadow_models=1, n_lira_models=2),
-        "mobilenetv2": ArchScale(n_members=256, epochs=3, width=0.25, n_shadow_models=1, n_lira_models=2),
-        "resnet18": ArchScale(n_members=256, epochs=3, width=0.125, n_shadow_models=1, n_lira_models=2),
+        "lenet5": ArchScale(n_members=500, epochs=30, width=1.0, batch_size=32, n_shadow_models=2,
+                            n_lira_models=8),
+        "vgg16": ArchScale(n_members=512, epochs=4, width=0.25, batch_size=32, n_shadow_models=1,
+                           n_lira_models=2),
+        "mobilenetv2": ArchScale(n_members=512, epochs=4, width=0.25, batch_size=32, n_shadow_models=1,
+                                 n_lira_models=2),
+        "resnet18": ArchScale(n_members=512, epochs=4, width=0.25, batch_size=32, n_shadow_models=1,
+                              n_lira_models=2),
     },
     "book": {
-        "lenet5": ArchScale(n_members=2500, epochs=30, width=1.0, n_shadow_models=4, n_lira_models=16),
-        "vgg16": ArchScale(n_members=1000, epochs=15, width=0.25, n_shadow_models=2, n_lira_models=4),
-        "mobilenetv2": ArchScale(n_members=1000, epochs=15, width=0.25, n_shadow_models=2, n_lira_models=4),
-        "resnet18": ArchScale(n_members=1000, epochs=15, width=0.25, n_shadow_models=2, n_lira_models=4),
+        "lenet5": ArchScale(n_members=2500, epochs=40, width=1.0, batch_size=32, n_shadow_models=4,
+                            n_lira_models=16),
+        "vgg16": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+                           n_lira_models=4),
+        "mobilenetv2": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+                                 n_lira_models=4),
+        "resnet18": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+                              n_lira_models=4),
     },
     "paper": {
         "lenet5": ArchScale(n_members=10000, epochs=50, width=1.0, n_shadow_models=8, n_lira_models=64),

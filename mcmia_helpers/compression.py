@@ -1,0 +1,292 @@
+"""What pruning buys: sparsity, compression ratio, FLOPs, bytes on disk and CPU latency.
+
+Introduced in the pruning chapter. Every number here is counted from the model itself, never
+taken from the pruning targets, so a report cannot claim a compression that the weights do not
+have:
+
+* **sparsity** per prunable layer (conv and linear weights, the layers ADMM prunes) and in total;
+* **compression ratio**, the usual ``total / nonzero``, reported twice: over *all* parameters
+  (biases and norm layers included, which are never pruned; ``compression_ratio``) and over the
+  prunable weights only (``compression_ratio_prunable``, the number pruning papers quote);
+* **FLOPs**, counted as multiply-accumulates (one MAC = one FLOP here, the convention of thop and
+  ptflops) of every conv and linear layer, measured with forward hooks on one input; the
+  *effective* count scales each layer by its weight density (what a sparse kernel would do);
+* **size on disk**: the state dict saved densely with ``torch.save`` vs saved in our sparse
+  format (:func:`save_sparse`);
+* **CPU latency** (:func:`measure_latency`), which only structured pruning (:func:`prune_filters_vgg`)
+  can lower: unstructured zeros still cost a dense multiply.
+
+The sparse format (``FORMAT_VERSION`` 1) is one ``np.savez_compressed`` archive. For tensor
+number ``i`` of the state dict (in order) it holds either ``t{i}_dense`` (the tensor as is) or,
+when that is smaller, ``t{i}_mask`` (``np.packbits`` of ``tensor != 0``, row-major) and
+``t{i}_values`` (the nonzero values in that order, float32 or float16); ``meta`` is a JSON
+string with the format version, the value dtype and, per tensor, its key, shape, torch dtype and
+encoding. With float32 values a model round-trips exactly (-0.0 comes back as 0.0).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mcmia_helpers.errors import UserError
+
+FORMAT_VERSION = 1
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+# --------------------------------------------------------------------------- what is prunable
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers whose weights pruning may zero: every ``Conv2d`` and ``Linear``, by module name.
+
+    Biases and normalisation layers are left dense (they are a tiny share of the parameters
+    and zeroing them does not save multiplications).
+    """
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, PRUNABLE_TYPES) and isinstance(getattr(module, "weight", None),
+                                                                  torch.Tensor)}
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight the layer computes with: ``weight`` (already masked under ``torch.nn.utils.prune``)."""
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        return (module.weight_orig * module.weight_mask).detach()
+    return module.weight.detach()
+
+
+def sparsity_per_layer(model: nn.Module) -> dict[str, float]:
+    """Fraction of exactly-zero weights in each prunable layer, counted from the weights."""
+    out = {}
+    for name, module in prunable_layers(model).items():
+        weight = effective_weight(module)
+        out[name] = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+    return out
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one conv/linear call producing ``out`` (per example)."""
+    per_example = out[0].numel()
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return per_example * (module.in_channels // module.groups) * kh * kw
+    return per_example * module.in_features  # Linear: every output sums in_features products
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Dense multiply-accumulates per prunable layer for one example of ``input_shape``.
+
+    ``input_shape`` is ``(C, H, W)`` or ``(1, C, H, W)``. Measured with forward hooks, so
+    layers that run twice count twice and layers never called count zero.
+    """
+    shape = tuple(input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4 or shape[0] != 1:
+        raise UserError(f"input_shape {tuple(input_shape)} is not (C, H, W): use e.g. (1, 28, 28)")
+    layers = prunable_layers(model)
+    macs = {name: 0 for name in layers}
+    handles = []
+    for name, module in layers.items():
+        def hook(mod, _inp, out, name=name):
+            macs[name] += _layer_macs(mod, out)
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        model(torch.zeros(shape, device=param.device, dtype=param.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return macs
+
+
+# --------------------------------------------------------------------------- sparse format
+
+
+def _encode(state: dict[str, torch.Tensor], value_dtype: str) -> tuple[dict[str, np.ndarray], dict]:
+    if value_dtype not in _NP_DTYPES:
+        raise UserError(f"value_dtype '{value_dtype}' is not supported: use float32 or float16")
+    np_value = _NP_DTYPES[value_dtype]
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    for i, (key, tensor) in enumerate(state.items()):
+        tensor = tensor.detach().cpu()
+        entry = {"key": key, "shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch.")}
+        if tensor.is_floating_point() and tensor.dtype != torch.float64:  # float64 stays exact
+            flat = tensor.reshape(-1).float().numpy()
+            nonzero = flat != 0
+            nnz = int(nonzero.sum())
+            sparse_bytes = nnz * np.dtype(np_value).itemsize + (flat.size + 7) // 8
+            if sparse_bytes < flat.size * tensor.element_size():
+                arrays[f"t{i}_mask"] = np.packbits(nonzero)
+                arrays[f"t{i}_values"] = flat[nonzero].astype(np_value)
+                entry["encoding"] = "mask+values"
+                entries.append(entry)
+                continue
+            arrays[f"t{i}_dense"] = flat.reshape(tuple(tensor.shape)).astype(np.float32) \
+                if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        else:
+            arrays[f"t{i}_dense"] = tensor.numpy()
+        entry["encoding"] = "dense"
+        entries.append(entry)
+    meta = {"format": "mcmia-sparse", "version": FORMAT_VERSION, "value_dtype": value_dtype,
+            "tensors": entries}
+    return arrays, meta
+
+
+def _write_npz(handle, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def save_sparse(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+                value_dtype: str = "float32") -> Path:
+    """Save ``model``'s state dict in the sparse format (see the module docstring); return the path.
+
+    ``value_dtype="float16"`` halves the stored values (lossy); ``float32`` round-trips exactly.
+    The file is written atomically.
+    """
+    from mcmia_helpers.io import _atomic
+
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    arrays, meta = _encode(state, value_dtype)
+    return _atomic(path, lambda handle: _write_npz(handle, arrays, meta))
+
+
+def _decode(archive) -> dict[str, torch.Tensor]:
+    meta = json.loads(str(archive["meta"]))
+    if meta.get("format") != "mcmia-sparse" or meta.get("version") != FORMAT_VERSION:
+        raise UserError(f"not an mcmia sparse file of version {FORMAT_VERSION}: save it again "
+                        "with save_sparse")
+    state = {}
+    for i, entry in enumerate(meta["tensors"]):
+        dtype = getattr(torch, entry["dtype"])
+        shape = tuple(entry["shape"])
+        if entry["encoding"] == "dense":
+            tensor = torch.from_numpy(np.array(archive[f"t{i}_dense"])).to(dtype).reshape(shape)
+        else:
+            numel = int(np.prod(shape, dtype=np.int64))
+            mask = np.unpackbits(archive[f"t{i}_mask"], count=numel).astype(bool)
+            flat = np.zeros(numel, dtype=np.float32)
+            flat[mask] = archive[f"t{i}_values"].astype(np.float32)
+            tensor = torch.from_numpy(flat).to(dtype).reshape(shape)
+        state[entry["key"]] = tensor
+    return state
+
+
+def load_sparse(path: str | os.PathLike, model: nn.Module | None = None):
+    """Read a file written by :func:`save_sparse`: into ``model`` (returned), or as a state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sparse model file {path} does not exist: write it with save_sparse first")
+    with np.load(path, allow_pickle=False) as archive:
+        state = _decode(archive)
+    if model is None:
+        return state
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{path} does not fit this model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}): load it into the architecture it was saved from")
+    device = next(iter(own.values())).device if own else torch.device("cpu")
+    model.load_state_dict({k: v.to(device) for k, v in state.items()})
+    return model
+
+
+def dense_size_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: what a dense checkpoint costs on disk."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def sparse_size_bytes(model: nn.Module, value_dtype: str = "float32") -> int:
+    """Bytes of the model in the sparse format (what :func:`save_sparse` would write)."""
+    arrays, meta = _encode(model.state_dict(), value_dtype)
+    buffer = io.BytesIO()
+    _write_npz(buffer, arrays, meta)
+    return buffer.getbuffer().nbytes
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _plain_state_model(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a copy with ``torch.nn.utils.prune`` masks made permanent.
+
+    A reparametrised layer saves ``weight_orig`` (dense) plus ``weight_mask``: the report
+    counts the bytes of the pruned model as it would be shipped, with the masks applied.
+    """
+    if not any(hasattr(m, "weight_mask") for m in model.modules()):
+        return model
+    from torch.nn.utils import prune
+
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
+            prune.remove(module, "weight")
+    return clone
+
+
+def compression_report(model: nn.Module, input_shape: tuple[int, ...],
+                       value_dtype: str = "float32") -> dict[str, Any]:
+    """Sparsity, compression ratios, FLOPs and sizes of ``model``, counted from its weights.
+
+    Returns a JSON-able dict: ``layers`` (per prunable layer: ``params``, ``nonzero``,
+    ``sparsity``, ``flops_dense``, ``flops_effective``), ``sparsity_per_layer``,
+    ``sparsity`` (over prunable weights), ``params_total``/``params_nonzero`` (all parameters),
+    ``prunable_total``/``prunable_nonzero``, ``compression_ratio`` (all parameters),
+    ``compression_ratio_prunable``, ``flops_dense``/``flops_effective`` (MACs of conv and
+    linear layers for one example), ``size_dense_bytes`` (``torch.save``) and
+    ``size_sparse_bytes`` (:func:`save_sparse` with ``value_dtype``), ``size_ratio``.
+    """
+    plain = _plain_state_model(model)
+    macs = count_macs(plain, input_shape)
+    layers: dict[str, dict[str, Any]] = {}
+    for name, module in prunable_layers(plain).items():
+        weight = effective_weight(module)
+        nonzero = int(torch.count_nonzero(weight))
+        density = nonzero / weight.numel()
+        layers[name] = {"params": weight.numel(), "nonzero": nonzero, "sparsity": 1.0 - density,
+                        "flops_dense": macs[name], "flops_effective": macs[name] * density}
+    total = sum(p.numel() for p in plain.parameters())
+    nonzero_all = sum(int(torch.count_nonzero(p.detach())) for p in plain.parameters())
+    prunable_total = sum(v["params"] for v in layers.values())
+    prunable_nonzero = sum(v["nonzero"] for v in layers.values())
+    size_dense = dense_size_bytes(plain)
+    size_sparse = sparse_size_bytes(plain, value_dtype)
+    return {
+        "layers": layers,
+        "sparsity_per_layer": {name: v["sparsity"] for name, v in layers.items()},
+        "sparsity": 1.0 - prunable_nonzero / max(1, prunable_total),
+        "params_total": total,
+        "params_nonzero": nonzero_all,
+        "prunable_total": prunable_total,
+        "prunable_nonzero": prunable_nonzero,
+        "compression_ratio": total / max(1, nonzero_all),
+        "compression_ratio_prunable": prunable_total / max(1, prunable_nonzero),
+        "flops_dense": int(sum(v["flops_dense"] for v in layers.values())),
+        "flops_effective": int(round(sum(v["flops_effective"] for v in layers.values()))),
+        "size_dense_bytes": size_dense,
+        "size_sparse_bytes": size_sparse,
+        "size_ratio": size_dense / max(1, size_sparse),
+        "sparse_value_dtype": value_dtype,
+    }

@@ -1,0 +1,420 @@
+"""DP-SGD with Opacus: the defence with a guarantee (chapter 4, differential privacy).
+
+DP-SGD (Abadi et al. 2016) changes three things in SGD: every example's gradient is clipped to
+norm ``max_grad_norm``; Gaussian noise of standard deviation ``noise_multiplier *
+max_grad_norm`` is added to the sum of a batch's clipped gradients; batches are drawn by
+Poisson sampling (every member joins a batch with probability ``sample_rate``), so that an
+accountant can bound what the whole run reveals about any one member by ``(epsilon, delta)``.
+That bound holds for *every* membership inference attack, tried or not, unlike the empirical
+defences (pruning, the Min-Max game), which are only measured against the attacks we run.
+
+:func:`train_dp` trains a model on ``bundle[indices]`` for a target epsilon with Opacus'
+``make_private_with_epsilon``: the accountant (RDP by default; Opacus' PRV accountant has known
+numerical failures) picks the smallest noise multiplier that spends at most ``target_epsilon``
+over the planned epochs. ``BatchMemoryManager`` splits large logical (Poisson) batches into
+physical batches that fit the device. The model must be in the DP-compatible form of
+:func:`~mcmia_helpers.models.build_model` (GroupNorm instead of BatchNorm, which mixes the
+examples of a batch; no in-place operations, which break Opacus' hooks).
+
+:func:`train_dp_target` is the ``dp`` defence of :data:`~mcmia_helpers.experiments.DEFENSES`.
+
+Choices stated once:
+
+* ``delta`` defaults to ``10**-k``, the largest power of ten at or below ``1 / (10 n)`` for
+  ``n`` members (500 members: ``1e-4``), so ``delta < 1/n`` as DP requires.
+* Training under DP uses :func:`dp_train_config`: plain SGD with momentum 0.9 at learning rate
+  :data:`DP_LR` and logical batch :data:`DP_BATCH_SIZE` (clipped, noised gradients are small and
+  noisy: a larger batch raises the signal-to-noise ratio, a larger step size makes up for the
+  clipping), no weight decay, no augmentation (augmented copies of a member would need
+  augmentation multiplicity), float32 (no autocast), and the base configuration's epochs.
+* Each epoch's sampling and noise derive from ``(seed, epoch)``; with ``checkpoint_path`` every
+  epoch is saved with the optimiser and accountant state, and a killed run resumes from its
+  last finished epoch with the same weights and the same epsilon.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from mcmia_helpers.data import DatasetBundle
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.training import TrainConfig, get_device, load_or_train, make_scheduler
+
+#: Accountants accepted by :func:`train_dp` (``rdp`` is the default and the recommended one).
+ACCOUNTANTS = ("rdp", "prv")
+
+#: RDP orders searched for the tightest (epsilon, delta) conversion: Opacus' default grid
+#: (1.1 to 63) widened at both ends, so the optimum is not at the edge of the grid (where
+#: Opacus warns that the bound could be tighter) for the budgets and run lengths used here.
+RDP_ALPHAS: tuple[float, ...] = ((1.01, 1.02, 1.05) + tuple(1 + x / 10.0 for x in range(1, 100))
+                                 + tuple(range(12, 64)) + (64, 80, 96, 128, 192, 256, 512, 1024))
+
+#: Defaults of the ``dp`` defence's parameters (``--epsilon``, ``--delta``, ``--max-grad-norm``).
+DEFAULT_EPSILON = 4.0
+DEFAULT_MAX_GRAD_NORM = 1.0
+
+#: Training under DP-SGD (see :func:`dp_train_config`).
+DP_OPTIMIZER = "sgd"
+DP_LR = 0.5
+DP_MOMENTUM = 0.9
+DP_BATCH_SIZE = 128
+
+
+class MaskKeeper(Protocol):
+    """Anything with ``after_step(model)``, e.g. a pruning callback that re-zeroes pruned weights."""
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def default_delta(n: int) -> float:
+    """``10**-k``, the largest power of ten at or below ``1 / (10 n)``: safely below ``1/n``."""
+    if n < 1:
+        raise UserError("cannot train on an empty set: check the split sizes")
+    k = 0
+    while 10**k < 10 * n:
+        k += 1
+    return float(10.0**-k)
+
+
+def check_epsilon(epsilon: Any) -> float:
+    """``epsilon`` as a positive finite float, or a one-line :class:`UserError`."""
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise UserError(f"epsilon {epsilon!r} is not a number: use e.g. --epsilon 4") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"epsilon {epsilon} must be > 0: use e.g. --epsilon 4")
+    return value
+
+
+def check_delta(delta: Any, n: int) -> float:
+    """``delta`` as a float in ``(0, 1/n)`` for ``n`` members, or a one-line :class:`UserError`."""
+    try:
+        value = float(delta)
+    except (TypeError, ValueError):
+        raise UserError(f"delta {delta!r} is not a number: use e.g. --delta {default_delta(n):g}") from None
+    if not (0 < value < 1 / n):
+        raise UserError(f"delta {delta} must be in (0, 1/n) = (0, {1 / n:.3g}) for {n} members: "
+                        f"use e.g. --delta {default_delta(n):g}")
+    return value
+
+
+def check_max_grad_norm(max_grad_norm: Any) -> float:
+    """The clipping norm as a positive finite float, or a one-line :class:`UserError`."""
+    try:
+        value = float(max_grad_norm)
+    except (TypeError, ValueError):
+        raise UserError(f"max_grad_norm {max_grad_norm!r} is not a number: use e.g. "
+                        "--max-grad-norm 1.0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"max_grad_norm {max_grad_norm} must be > 0: use e.g. --max-grad-norm 1.0")
+    return value
+
+
+def validate_dp_params(params: dict[str, Any], n_members: int | None = None) -> dict[str, Any]:
+    """Check the ``dp`` defence's parameters; return them with defaults filled in.
+
+    Keys: ``epsilon`` (default 4), ``delta`` (``None``: :func:`default_delta` of the member
+    count), ``max_grad_norm`` (default 1). ``delta`` is checked against ``1/n_members`` when the
+    member count is known. Unknown keys are left alone (other defences may share ``params``).
+    """
+    out = dict(params)
+    out["epsilon"] = check_epsilon(params.get("epsilon", DEFAULT_EPSILON))
+    out["max_grad_norm"] = check_max_grad_norm(params.get("max_grad_norm", DEFAULT_MAX_GRAD_NORM))
+    delta = params.get("delta")
+    if delta is not None:
+        out["delta"] = check_delta(delta, n_members) if n_members else float(delta)
+        if not 0 < out["delta"] < 1:
+            raise UserError(f"delta {delta} must be in (0, 1/n) for n members: use e.g. --delta 1e-5")
+    else:
+        out["delta"] = None
+    return out
+
+
+def check_dp_compatible(model: nn.Module) -> None:
+    """Raise a one-line :class:`UserError` unless Opacus can compute per-example gradients."""
+    from opacus.validators import ModuleValidator
+
+    problems = [str(e).split("\n")[0] for e in ModuleValidator.validate(model, strict=False)]
+    if any(getattr(m, "inplace", False) for m in model.modules()):
+        problems.append("in-place operations")
+    if any(name.endswith("_orig") for name, _ in model.named_parameters()):
+        problems.append("torch.nn.utils.prune reparametrisation (call prune.remove and keep "
+                        "the mask with mask_callback)")
+    if problems:
+        raise UserError(f"model is not DP-compatible ({'; '.join(sorted(set(problems)))}): "
+                        "build it with build_model(..., dp_compatible=True)")
+
+
+def dp_train_config(base: TrainConfig, *, batch_size: int | None = None,
+                    lr: float | None = None) -> TrainConfig:
+    """The training configuration DP-SGD uses, derived from the non-private ``base``.
+
+    Keeps ``base``'s epochs and seed; SGD with momentum :data:`DP_MOMENTUM` at ``lr`` (default
+    :data:`DP_LR`), logical batch ``batch_size`` (default :data:`DP_BATCH_SIZE`), no weight
+    decay, no schedule, no augmentation, no autocast.
+    """
+    return replace(base, optimizer=DP_OPTIMIZER, lr=DP_LR if lr is None else lr,
+                   momentum=DP_MOMENTUM, batch_size=batch_size or DP_BATCH_SIZE,
+                   weight_decay=0.0, schedule="none", augment=False, amp=False)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@contextmanager
+def _quiet_opacus(search: bool = False) -> Iterator[None]:
+    """Silence the two warnings every Opacus run emits (nothing else).
+
+    * ``PrivacyEngine`` warns that ``secure_mode`` is off: we use PyTorch's pseudo-random
+      generator for sampling and noise, as every research run does (the book says so);
+    * PyTorch warns that a full backward hook fires without input gradients: this is how
+      Opacus' hooks see the first layer, whose input (the images) needs no gradient.
+
+    With ``search=True`` also the RDP accountant's "optimal order is the largest/smallest
+    alpha" warning, which the noise search triggers at its far brackets (noise 20, 40, ...),
+    never at the noise it returns.
+    """
+    with warnings.catch_warnings():
+        if search:
+            warnings.filterwarnings("ignore", message=r"Optimal order is the (largest|smallest) "
+                                    r"alpha", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Secure RNG turned off", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Full backward hook is firing when gradients "
+                                r"are computed with respect to module outputs", category=UserWarning)
+        yield
+
+
+@functools.lru_cache(maxsize=256)
+def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, epochs: int,
+                         accountant: str = "rdp") -> float:
+    """The smallest noise multiplier that spends at most ``target_epsilon`` in ``epochs``.
+
+    What ``PrivacyEngine.make_private_with_epsilon`` computes (Opacus' binary search to within
+    0.01 of the target), with the wider grid of RDP orders :data:`RDP_ALPHAS`; memoised, as the
+    search is slow for large sample rates (seconds).
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    extra = {"alphas": RDP_ALPHAS} if accountant == "rdp" else {}
+    try:
+        with _quiet_opacus(search=True):
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, epochs=epochs,
+                                              accountant=accountant, **extra))
+    except ValueError as exc:
+        if "budget is too low" in str(exc):
+            raise UserError(f"epsilon {target_epsilon} is too small for {epochs} epochs at "
+                            f"sample rate {sample_rate:.3g}: use a larger --epsilon") from None
+        raise
+
+
+def _spent(engine, delta: float) -> float:
+    """Epsilon spent so far (RDP with :data:`RDP_ALPHAS`)."""
+    extra = {"alphas": RDP_ALPHAS} if engine.accountant.mechanism() == "rdp" else {}
+    with _quiet_opacus():
+        return float(engine.accountant.get_epsilon(delta=delta, **extra))
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise UserError(f"unknown optimizer '{config.optimizer}': choose sgd or adam")
+
+
+def train_dp(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: TrainConfig,
+             *, target_epsilon: float, delta: float | None = None, max_grad_norm: float = 1.0,
+             accountant: str = "rdp", max_physical_batch_size: int = 128,
+             dp_batch_size: int | None = None, device: torch.device | None = None,
+             progress: bool = False, mask_callback: MaskKeeper | None = None,
+             checkpoint_path: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``model`` with DP-SGD on ``bundle[indices]`` to spend at most ``target_epsilon``.
+
+    ``config`` gives epochs, optimiser, learning rate, momentum, weight decay, schedule and seed
+    as they are (see :func:`dp_train_config` for the values DP-SGD wants); the logical batch is
+    ``dp_batch_size`` or ``config.batch_size`` (the *expected* size: batches are Poisson
+    sampled with ``sample_rate = 1 / ceil(n / batch)``), processed in physical batches of at
+    most ``max_physical_batch_size``. ``delta`` defaults to :func:`default_delta` of ``n``.
+
+    ``mask_callback.after_step(model)`` runs after every optimiser step (for DP fine-tuning of
+    a pruned model: masked weights receive noise like any other and are re-zeroed after each DP
+    step; re-zeroing is post-processing and costs no privacy). The mask and the starting weights
+    are not covered by epsilon: if they came from non-private training on the same members, the
+    guarantee describes only this fine-tuning.
+
+    Returns the trained model, unwrapped (a plain module with its usual ``state_dict`` keys;
+    trained in place), and a dict with ``epsilon`` (spent, from the accountant),
+    ``target_epsilon``, ``delta``, ``noise_multiplier``, ``max_grad_norm``, ``accountant``,
+    ``sample_rate``, ``batch_size`` and ``history`` (per epoch: ``epoch``, ``loss``, ``acc``,
+    ``epsilon`` so far, ``delta``, ``noise_multiplier``, ``sample_rate``).
+    """
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from tqdm.auto import tqdm
+
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    n = len(indices)
+    if n == 0:
+        raise UserError("cannot train on an empty set: check the split sizes")
+    target_epsilon = check_epsilon(target_epsilon)
+    delta = default_delta(n) if delta is None else check_delta(delta, n)
+    max_grad_norm = check_max_grad_norm(max_grad_norm)
+    if accountant not in ACCOUNTANTS:
+        raise UserError(f"unknown accountant '{accountant}': choose one of {', '.join(ACCOUNTANTS)}")
+    batch_size = int(dp_batch_size or config.batch_size)
+    if batch_size < 1 or max_physical_batch_size < 1:
+        raise UserError(f"batch sizes must be positive (got {batch_size} and "
+                        f"{max_physical_batch_size}): use e.g. 128")
+    if config.augment:
+        raise UserError("augmentation is not supported under DP-SGD here: use augment=False "
+                        "(see dp_train_config)")
+    check_dp_compatible(model)
+
+    device = device or get_device()
+    model.to(device)
+    model.train()
+    x, y = bundle.batch(indices)
+    loader = DataLoader(TensorDataset(x, y), batch_size=min(batch_size, n), shuffle=False)
+    optimizer = _make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+
+    sample_rate = 1 / len(loader)  # Opacus' rule: one expected batch per loader batch
+    noise_multiplier = noise_multiplier_for(target_epsilon, delta, sample_rate, config.epochs,
+                                            accountant)
+    with _quiet_opacus():
+        engine = PrivacyEngine(accountant=accountant)
+        dp_model, dp_optimizer, dp_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, poisson_sampling=True)
+
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        engine.accountant.load_state_dict(state["accountant"])
+        if mask_callback is not None and hasattr(mask_callback, "load_state_dict"):
+            mask_callback.load_state_dict(state.get("callback", {}))
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+
+    try:
+        bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc="DP epochs",
+                   leave=False)
+        for epoch in bar:
+            torch.manual_seed(config.seed * 100_003 + epoch)  # Poisson sampling and noise
+            total_loss, correct, seen = 0.0, 0, 0
+            with _quiet_opacus(), BatchMemoryManager(
+                    data_loader=dp_loader, max_physical_batch_size=max_physical_batch_size,
+                    optimizer=dp_optimizer) as physical_loader:
+                for xb, yb in physical_loader:
+                    xb, yb = xb.to(device), yb.to(device)
+                    dp_optimizer.zero_grad(set_to_none=True)
+                    logits = dp_model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                    loss.backward()
+                    dp_optimizer.step()
+                    if mask_callback is not None and not dp_optimizer._is_last_step_skipped:
+                        mask_callback.after_step(model)
+                    if len(yb):
+                        total_loss += float(loss.detach()) * len(yb)
+                        correct += int((logits.detach().argmax(1) == yb).sum())
+                        seen += len(yb)
+            if scheduler is not None:
+                scheduler.step()
+            row = {"epoch": epoch, "loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1),
+                   "epsilon": _spent(engine, delta), "delta": delta,
+                   "noise_multiplier": noise_multiplier, "sample_rate": sample_rate}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.3f}",
+                            eps=f"{row['epsilon']:.2f}")
+            if checkpoint_path is not None:
+                callback_state = (mask_callback.state_dict()
+                                  if hasattr(mask_callback, "state_dict") else {})
+                atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict() if scheduler else {},
+                                   "accountant": engine.accountant.state_dict(),
+                                   "callback": callback_state, "history": history,
+                                   "epoch": epoch}, checkpoint_path)
+    finally:
+        dp_model.cleanup()  # remove Opacus' hooks and per-sample attributes: a plain module again
+
+    info = privacy_info(history, target_epsilon=target_epsilon, delta=delta,
+                        max_grad_norm=max_grad_norm, accountant=accountant,
+                        noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    info["batch_size"] = batch_size
+    return model, info
+
+
+def privacy_info(history: list[dict[str, float]], *, target_epsilon: float, delta: float,
+                 max_grad_norm: float, accountant: str, noise_multiplier: float | None = None,
+                 sample_rate: float | None = None) -> dict[str, Any]:
+    """The privacy summary of a DP run from its history (so a cached model reports it too)."""
+    last = history[-1] if history else {}
+    return {"epsilon": float(last.get("epsilon", 0.0)), "target_epsilon": target_epsilon,
+            "delta": float(last.get("delta", delta)),
+            "noise_multiplier": float(last.get("noise_multiplier", noise_multiplier or 0.0)),
+            "max_grad_norm": max_grad_norm, "accountant": accountant,
+            "sample_rate": float(last.get("sample_rate", sample_rate or 0.0)),
+            "history": history}
+
+
+# --------------------------------------------------------------------------- the defence
+
+
+def train_dp_target(ctx) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``dp`` defence: the target trained with DP-SGD (``ctx`` is a ``TargetContext``).
+
+    Parameters from ``ctx.spec.params``: ``epsilon`` (default 4), ``delta`` (default
+    :func:`default_delta` of the member count), ``max_grad_norm`` (default 1). Trains with
+    :func:`dp_train_config` of the experiment's configuration, cached by
+    :func:`~mcmia_helpers.training.load_or_train`; every epoch is checkpointed (model, optimiser,
+    accountant), so a killed run resumes where it stopped. The extra record fields are the
+    privacy summary of :func:`train_dp` (``epsilon`` spent, ``delta``, ``noise_multiplier``, ...)
+    and ``train_config``, the configuration that actually trained the target.
+    """
+    n = len(ctx.split.members)
+    params = validate_dp_params(ctx.spec.params, n)
+    delta = params["delta"] if params["delta"] is not None else default_delta(n)
+    config = dp_train_config(ctx.train_config)
+    dp = {"epsilon": params["epsilon"], "delta": delta, "max_grad_norm": params["max_grad_norm"],
+          "accountant": "rdp", "batch_size": config.batch_size}
+
+    def build() -> nn.Module:
+        return ctx.build(dp_compatible=True)
+
+    def train(model: nn.Module, checkpoint: Path) -> list[dict]:
+        _, info = train_dp(model, ctx.bundle, ctx.split.members, config,
+                           target_epsilon=dp["epsilon"], delta=delta,
+                           max_grad_norm=dp["max_grad_norm"], accountant=dp["accountant"],
+                           device=ctx.device, progress=ctx.progress, checkpoint_path=checkpoint)
+        return info["history"]
+
+    model, cached = load_or_train(ctx.cache_config(dp=dp, dp_train=config.to_dict()), build, train)
+    info = privacy_info(cached["history"], target_epsilon=dp["epsilon"], delta=delta,
+                        max_grad_norm=dp["max_grad_norm"], accountant=dp["accountant"])
+    info["cached"] = cached["cached"]
+    info["train_config"] = config.to_dict()
+    return model, info

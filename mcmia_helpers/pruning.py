@@ -1,0 +1,649 @@
+"""Pruning as a defence: the paper's ADMM pruning, magnitude baselines, and masks that stay fixed.
+
+Introduced in the pruning chapter. MCMIA (Wang et al.) prunes the target by minimising the
+classification loss subject to a cardinality constraint on each layer's weights
+(``||W_l||_0 <= k_l``) and solves it with ADMM, following Zhang et al. (2018), "A Systematic DNN
+Weight Pruning Framework using ADMM". With an auxiliary copy ``Z_l`` of each constrained weight
+and a scaled dual variable ``U_l``:
+
+* **W-step**: train on ``loss + rho/2 * sum_l ||W_l - Z_l + U_l||^2`` (:class:`ADMMCallback`
+  adds the penalty through :func:`~mcmia_helpers.training.fit`);
+* **Z-step**: ``Z_l = proj(W_l + U_l)``, the Euclidean projection onto the constraint set, which
+  keeps the ``k_l`` largest-magnitude entries and zeroes the rest;
+* **U-step**: ``U_l += W_l - Z_l``; then ``rho`` grows.
+* After the ADMM phase the weights are close to sparse: they are **hard-pruned** (the same
+  projection, applied to ``W``) and **retrained with the mask fixed** (:class:`MaskCallback`).
+
+ADMM hyperparameters (:class:`ADMMSettings`) follow the framework's published PyTorch code where
+the MCMIA paper is silent: ``rho`` starts at ``1e-3`` and is multiplied by ``1.3`` at every Z/U
+update (their ``admm_multi_rho_scheduler``), capped at ``1``. Their runs update every epoch over
+tens of epochs; our scales train for far fewer, so by default the ADMM phase makes enough
+evenly spaced updates (every ``k`` steps, 27 of them) for ``rho`` to travel the framework's
+whole range, 1e-3 to 1. When ``rho`` changes, ``U`` is rescaled by ``rho_old / rho_new`` so
+that the unscaled dual variable is unchanged (Boyd et al. 2011, section 3.4.1); the framework's
+code omits this step.
+
+Baselines (:func:`prune_model` ``method=``):
+
+``magnitude``  one-shot magnitude pruning with ``torch.nn.utils.prune`` (a *global* threshold
+               over all prunable weights when ``sparsity`` is one number, the layer's own
+               threshold for a per-layer profile), fine-tuned, then made permanent with
+               ``prune.remove``;
+``iterative``  the same in several rounds (``iterative_rounds``, default 3), each pruning a
+               fixed share of what remains (density ``(1 - s) ** (r / R)`` after round ``r``)
+               and fine-tuning in between (Han et al. 2015).
+
+Every method gets the same training budget after the dense model, ``admm_epochs +
+retrain_epochs`` (by default half the target's epochs each), so the comparison is about the
+method, not the number of epochs. Prunable weights are those of every ``Conv2d`` and
+``Linear`` (not biases, not norm layers); see :func:`~mcmia_helpers.compression.prunable_layers`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import numbers
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from mcmia_helpers.compression import (compression_report, effective_weight, prunable_layers,
+                                       sparsity_per_layer)
+from mcmia_helpers.data import DatasetBundle
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.training import (TrainConfig, TrainingCallback, evaluate, fit, get_device,
+                                    load_or_train)
+
+__all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedCallback",
+           "compose_callbacks", "apply_masks", "masks_from_model", "sparsity_per_layer",
+           "default_sparsity_profile", "resolve_sparsity", "load_sparsity_spec",
+           "check_sparsity", "prune_model", "train_pruned", "validate_pruning_params"]
+
+#: Bump when a change to pruning makes cached pruned models wrong.
+PRUNING_VERSION = 1
+
+METHODS: tuple[str, ...] = ("admm", "magnitude", "iterative")
+
+#: The ``params`` a ``prune`` experiment accepts, with their defaults.
+PARAM_DEFAULTS: dict[str, Any] = {"pruning": "admm", "sparsity": 0.9, "sparsity_spec": None}
+
+Sparsity = Union[float, Mapping[str, float], str, os.PathLike]
+
+
+# --------------------------------------------------------------------------- sparsity targets
+
+
+def check_sparsity(value: Any, layer: str | None = None) -> float:
+    """``value`` as a float in [0, 1), or a one-line :class:`UserError`."""
+    where = f" for layer '{layer}'" if layer else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UserError(f"sparsity {value!r}{where} is not a number: use e.g. 0.9")
+    value = float(value)
+    if not 0.0 <= value < 1.0:  # also rejects NaN
+        raise UserError(f"sparsity {value:g}{where} is outside [0, 1): use e.g. 0.9")
+    return value
+
+
+def load_sparsity_spec(path: str | os.PathLike) -> dict[str, float]:
+    """A per-layer sparsity spec from a JSON or YAML file: ``{layer_name: sparsity}``.
+
+    Layer names are module names as in ``model.named_modules()`` (``features.0``); a trailing
+    ``.weight`` is accepted. The key ``default`` sets the sparsity of layers not listed (else 0).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"sparsity spec {path} does not exist: give a JSON or YAML file "
+                        "mapping layer names to sparsities")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot parse sparsity spec {path} ({first}): write a JSON or YAML "
+                        "mapping such as {\"features.0\": 0.5, \"default\": 0.9}") from None
+    if not isinstance(data, Mapping) or not data:
+        raise UserError(f"sparsity spec {path} is not a mapping of layer names to sparsities: "
+                        "write e.g. {\"features.0\": 0.5, \"default\": 0.9}")
+    return {str(name): check_sparsity(value, str(name)) for name, value in data.items()}
+
+
+def _layer_list(names) -> str:
+    names = list(names)
+    shown = ", ".join(names[:8])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def resolve_sparsity(model: nn.Module, sparsity: Sparsity) -> dict[str, float]:
+    """Per-layer sparsity targets ``{layer_name: s}`` for every prunable layer of ``model``.
+
+    ``sparsity`` is one number (the same for every layer), a mapping ``{layer_name: s}``
+    (unlisted layers get the mapping's ``default``, else 0), or the path of a JSON/YAML spec
+    file holding such a mapping. An unknown layer name is a :class:`UserError` naming it.
+    """
+    layers = prunable_layers(model)
+    if isinstance(sparsity, (str, os.PathLike)):
+        sparsity = load_sparsity_spec(sparsity)
+    if isinstance(sparsity, Mapping):
+        given = {str(k).removesuffix(".weight"): v for k, v in sparsity.items()}
+        default = check_sparsity(given.pop("default", 0.0), "default")
+        for name in given:
+            if name not in layers:
+                raise UserError(f"sparsity spec names unknown layer '{name}': prunable layers "
+                                f"are {_layer_list(layers)}")
+        return {name: check_sparsity(given.get(name, default), name) for name in layers}
+    value = check_sparsity(sparsity)
+    return {name: value for name in layers}
+
+
+def default_sparsity_profile(model: nn.Module, target: float,
+                             conv_factor: float = 2.0) -> dict[str, float]:
+    """Per-layer sparsities that prune ``target`` of all prunable weights, small layers less.
+
+    Each layer keeps a density proportional to its Erdos-Renyi-kernel score (Evci et al.
+    2020, "Rigging the Lottery"): ``sum(shape) / prod(shape)`` of its weight, which is large
+    for small layers (the first convolution, the output layer) and small for the big ones
+    that hold most of the weights; convolutions get ``conv_factor`` times more (they share
+    each weight across all positions, so every pruned conv weight costs more accuracy than a
+    fully-connected one). Densities are capped at 1 and the common scale is found by
+    bisection so that the weighted sparsity equals ``target``. On LeNet-5 at 90% this gives
+    about 0% / 82% for the two convolutions and 93% / 86% / 25% for the three linear layers,
+    close to the per-layer ratios of Deep Compression (Han et al. 2015) for LeNet-5.
+    """
+    target = check_sparsity(target)
+    layers = prunable_layers(model)
+    if not layers:
+        raise UserError("this model has no conv or linear layer to prune")
+    sizes, scores = {}, {}
+    for name, module in layers.items():
+        shape = module.weight.shape
+        sizes[name] = module.weight.numel()
+        scores[name] = sum(shape) / sizes[name] * (conv_factor if isinstance(module, nn.Conv2d) else 1.0)
+    total, keep = sum(sizes.values()), (1.0 - target) * sum(sizes.values())
+
+    def kept(scale: float) -> float:
+        return sum(n * min(1.0, scale * scores[k]) for k, n in sizes.items())
+
+    low, high = 0.0, 1.0 / min(scores.values())
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if kept(mid) < keep else (low, mid)
+    scale = (low + high) / 2
+    profile = {k: max(0.0, 1.0 - min(1.0, scale * scores[k])) for k in sizes}
+    assert abs(sum(sizes[k] * profile[k] for k in sizes) / total - target) < 1e-6
+    return profile
+
+
+def n_pruned(numel: int, sparsity: float) -> int:
+    """How many of ``numel`` weights a sparsity prunes: ``round(s * n)``, at least one kept."""
+    return min(numel - 1, int(round(sparsity * numel)))
+
+
+def project(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask of the largest-magnitude entries to keep: the projection of the Z-step."""
+    flat = weight.detach().reshape(-1)
+    keep = flat.numel() - n_pruned(flat.numel(), sparsity)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask[torch.topk(flat.abs(), keep, sorted=False).indices] = True
+    return mask.view_as(weight)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _layer(model: nn.Module, name: str) -> nn.Module:
+    """The layer ``name`` of ``model``, also through an Opacus/DataParallel wrapper."""
+    modules = dict(model.named_modules())
+    for candidate in (name, f"_module.{name}", f"module.{name}"):
+        if candidate in modules:
+            return modules[candidate]
+    raise UserError(f"layer '{name}' is not in this model: the masks were made for another "
+                    "architecture")
+
+
+def _weight_param(module: nn.Module) -> torch.Tensor:
+    """The trainable tensor behind a layer's weight (``weight_orig`` under ``torch.nn.utils.prune``)."""
+    return module.weight_orig if hasattr(module, "weight_orig") else module.weight
+
+
+def masks_from_model(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{layer_name: bool mask}`` of the nonzero weights of every prunable layer."""
+    return {name: (effective_weight(module) != 0).cpu()
+            for name, module in prunable_layers(model).items()}
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Zero the weights that ``masks`` (``True`` = keep) prune, in place; return ``model``."""
+    for name, mask in masks.items():
+        weight = _weight_param(_layer(model, name))
+        weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    return model
+
+
+class MaskCallback(TrainingCallback):
+    """Keeps pruned weights at zero through any training that runs through ``fit``.
+
+    After every optimiser step the masked weights are set back to zero, so whatever the
+    optimiser did to them (momentum, Adam's moments, weight decay, DP-SGD's noise) is undone
+    before the next forward pass; at the end of every step, and so at the end of training, the
+    model has exactly the mask's zeros. Apply the masks once before training
+    (:func:`apply_masks`) so the very first batch also sees the pruned model.
+    """
+
+    def __init__(self, masks: Mapping[str, torch.Tensor]) -> None:
+        self.masks = {name: mask.bool() for name, mask in masks.items()}
+
+    def after_step(self, model: nn.Module) -> None:
+        apply_masks(model, self.masks)
+        # keep the on-device copies so the next step does not copy them again
+        for name in self.masks:
+            weight = _weight_param(_layer(model, name))
+            if self.masks[name].device != weight.device:
+                self.masks[name] = self.masks[name].to(weight.device)
+
+
+class CombinedCallback(TrainingCallback):
+    """Several callbacks as one: extra losses add up, hooks run in the given order."""
+
+    def __init__(self, callbacks: list[TrainingCallback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def extra_loss(self, model, x, y, logits):
+        terms = [t for cb in self.callbacks if (t := cb.extra_loss(model, x, y, logits)) is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def after_step(self, model: nn.Module) -> None:
+        for cb in self.callbacks:
+            cb.after_step(model)
+
+    def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        row: dict[str, float] = {}
+        for cb in self.callbacks:
+            row.update(cb.epoch_end(epoch, model))
+        return row
+
+    def state_dict(self) -> dict:
+        return {str(i): cb.state_dict() for i, cb in enumerate(self.callbacks)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for i, cb in enumerate(self.callbacks):
+            cb.load_state_dict(state.get(str(i), {}))
+
+
+def compose_callbacks(*callbacks: TrainingCallback | None) -> CombinedCallback:
+    """One callback running ``callbacks`` (``None`` skipped) in order.
+
+    Put a :class:`MaskCallback` last, so that its ``after_step`` has the final word.
+    """
+    return CombinedCallback([cb for cb in callbacks if cb is not None])
+
+
+# --------------------------------------------------------------------------- ADMM
+
+
+@dataclass(frozen=True)
+class ADMMSettings:
+    """ADMM's penalty schedule (defaults from the framework's published code, see module doc).
+
+    ``rho`` starts at ``rho_init`` and is multiplied after every Z/U update by at least
+    ``rho_growth``, and by more when the ADMM phase has too few updates for ``rho`` to reach
+    ``rho_max`` at that pace (so that the last epoch always trains at ``rho_max``).
+    ``updates_per_epoch`` Z/U updates are spread evenly over each epoch (the framework: one).
+    """
+
+    rho_init: float = 1e-3
+    rho_growth: float = 1.3
+    rho_max: float = 1.0
+    updates_per_epoch: int = 1
+
+    def growth_for(self, n_updates: int) -> float:
+        """The growth factor used in a phase of ``n_updates`` Z/U updates."""
+        if n_updates <= 1 or self.rho_max <= self.rho_init:
+            return self.rho_growth
+        return max(self.rho_growth, (self.rho_max / self.rho_init) ** (1.0 / (n_updates - 1)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ADMMCallback(TrainingCallback):
+    """ADMM's state (``Z``, ``U``, ``rho``) as a training callback.
+
+    ``extra_loss`` is the penalty ``rho/2 * sum_l ||W_l - Z_l + U_l||^2``; the Z- and U-steps run
+    every ``update_every`` optimiser steps (or at the end of each epoch when ``None``). The
+    state round-trips through ``state_dict`` so an interrupted ADMM phase resumes exactly.
+    ``targets`` maps layer names to sparsities; layers at sparsity 0 carry no constraint.
+    """
+
+    def __init__(self, model: nn.Module, targets: Mapping[str, float], rho_init: float = 1e-3,
+                 rho_growth: float = 1.3, rho_max: float = 1.0,
+                 update_every: int | None = None) -> None:
+        if not (rho_init > 0 and rho_growth >= 1 and rho_max >= rho_init):
+            raise UserError(f"ADMM needs rho_init > 0, rho_growth >= 1 and rho_max >= rho_init "
+                            f"(got {rho_init}, {rho_growth}, {rho_max}): use 1e-3, 1.3, 1.0")
+        self.targets = {name: check_sparsity(s, name) for name, s in targets.items() if s > 0}
+        self.rho_growth, self.rho_max = float(rho_growth), float(rho_max)
+        self.update_every = update_every
+        self.rho = float(rho_init)
+        self.steps = 0
+        self.updates = 0
+        with torch.no_grad():
+            weights = self._weights(model)
+            self.Z = {n: w.detach() * project(w, self.targets[n]) for n, w in weights.items()}
+            self.U = {n: torch.zeros_like(w) for n, w in weights.items()}
+
+    def _weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: _weight_param(_layer(model, name)) for name in self.targets}
+
+    def _sync(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, w in weights.items():
+            if self.Z[name].device != w.device:
+                self.Z[name], self.U[name] = self.Z[name].to(w.device), self.U[name].to(w.device)
+
+    def extra_loss(self, model, x, y, logits):
+        weights = self._weights(model)
+        if not weights:
+            return None
+        self._sync(weights)
+        total = sum((w.float() - self.Z[n] + self.U[n]).pow(2).sum() for n, w in weights.items())
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One Z-step and U-step, then ``rho`` grows (and ``U`` is rescaled to match)."""
+        weights = self._weights(model)
+        self._sync(weights)
+        for name, w in weights.items():
+            w = w.detach().float()
+            candidate = w + self.U[name]
+            self.Z[name] = candidate * project(candidate, self.targets[name])
+            self.U[name] = candidate - self.Z[name]  # U + W - Z
+        new_rho = min(self.rho * self.rho_growth, self.rho_max)
+        for name in self.U:
+            self.U[name] *= self.rho / new_rho
+        self.rho = new_rho
+        self.updates += 1
+
+    def after_step(self, model: nn.Module) -> None:
+        self.steps += 1
+        if self.update_every and self.steps % self.update_every == 0:
+            self.update(model)
+
+    @torch.no_grad()
+    def residual(self, model: nn.Module) -> float:
+        """``||W - Z|| / ||W||`` over all constrained layers: how far W is from sparse."""
+        weights = self._weights(model)
+        self._sync(weights)
+        num = sum(float((w.float() - self.Z[n]).pow(2).sum()) for n, w in weights.items())
+        den = sum(float(w.float().pow(2).sum()) for w in weights.values())
+        return math.sqrt(num / den) if den > 0 else 0.0
+
+    def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        if not self.update_every:
+            self.update(model)
+        return {"rho": self.rho, "admm_residual": self.residual(model),
+                "admm_updates": self.updates}
+
+    def hard_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The final projection of ``W`` itself: ``{layer: keep mask}`` for every constrained layer."""
+        return {name: project(w, self.targets[name]).cpu()
+                for name, w in self._weights(model).items()}
+
+    def state_dict(self) -> dict:
+        return {"Z": {n: z.cpu() for n, z in self.Z.items()},
+                "U": {n: u.cpu() for n, u in self.U.items()},
+                "rho": self.rho, "steps": self.steps, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.Z = {n: z.clone() for n, z in state["Z"].items()}
+        self.U = {n: u.clone() for n, u in state["U"].items()}
+        self.rho, self.steps, self.updates = float(state["rho"]), int(state["steps"]), int(state["updates"])
+
+
+# --------------------------------------------------------------------------- prune_model
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise UserError(f"pruning method '{method}' is unknown: choose {', '.join(METHODS)}")
+    return method
+
+
+def _check_epochs(value: int | None, default: int, what: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{what} {value!r} is not a non-negative integer: use e.g. {default}")
+    return value
+
+
+def _phase_path(checkpoint_path: str | os.PathLike | None, phase: str) -> Path | None:
+    return None if checkpoint_path is None else Path(checkpoint_path).with_suffix(f".{phase}.pt")
+
+
+def _tag(history: list[dict], **fields: Any) -> list[dict]:
+    return [{**row, **fields} for row in history]
+
+
+def _torch_prune(layers: dict[str, nn.Module], targets: dict[str, float],
+                 global_target: float | None) -> None:
+    """Prune (further) to ``targets`` with ``torch.nn.utils.prune`` L1 magnitude.
+
+    With ``global_target`` one threshold over all layers prunes ``round(s * N)`` weights in
+    total; otherwise each layer reaches its own target. Amounts are absolute counts of weights
+    still unpruned, so repeated calls (iterative pruning) land exactly on the target.
+    """
+    def pruned_now(module: nn.Module) -> int:
+        mask = getattr(module, "weight_mask", None)
+        return 0 if mask is None else int((mask == 0).sum())
+
+    if global_target is not None:
+        total = sum(m.weight.numel() for m in layers.values())
+        amount = int(round(global_target * total)) - sum(pruned_now(m) for m in layers.values())
+        prune.global_unstructured([(m, "weight") for m in layers.values()],
+                                  pruning_method=prune.L1Unstructured, amount=max(0, amount))
+        return
+    for name, module in layers.items():
+        amount = n_pruned(module.weight.numel(), targets[name]) - pruned_now(module)
+        prune.l1_unstructured(module, "weight", amount=max(0, amount))
+
+
+def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
+                config: TrainConfig, method: str, sparsity: Sparsity, *,
+                admm_epochs: int | None = None, retrain_epochs: int | None = None,
+                callback_extra: TrainingCallback | None = None,
+                device: torch.device | None = None, progress: bool = False,
+                admm: ADMMSettings | None = None, iterative_rounds: int = 3,
+                checkpoint_path: str | os.PathLike | None = None,
+                ) -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+    """Prune a trained dense ``model`` in place with ``method`` and retrain it on ``indices``.
+
+    ``sparsity`` is one number, a ``{layer: s}`` mapping or a spec file (see
+    :func:`resolve_sparsity`); for ``magnitude``/``iterative`` one number means one global
+    threshold. ``config`` is the target's training configuration; each phase trains with it,
+    its ``epochs`` replaced by ``admm_epochs`` (W-steps of ADMM) and ``retrain_epochs``
+    (masked retraining), both by default ``max(1, config.epochs // 2)``; the magnitude
+    baselines fine-tune for the sum. ``callback_extra`` (e.g. the Min-Max game's gain) joins
+    every phase. ``checkpoint_path`` makes each phase resumable (files next to it, deleted
+    at the end).
+
+    Returns ``(model, masks, info)``: the pruned model (weights are plain tensors, the zeros
+    are real), its ``{layer: keep mask}``, and ``info`` with ``method``, ``targets``,
+    ``history`` (per-epoch rows with a ``phase`` key), the epochs used,
+    ``train_acc_before_retrain`` and the achieved ``sparsity_per_layer``.
+    """
+    method = _check_method(method)
+    default_epochs = max(1, config.epochs // 2)
+    admm_epochs = _check_epochs(admm_epochs, default_epochs, "admm_epochs")
+    retrain_epochs = _check_epochs(retrain_epochs, default_epochs, "retrain_epochs")
+    if method != "admm" and admm_epochs + retrain_epochs == 0:
+        raise UserError("magnitude pruning needs at least one fine-tuning epoch: set "
+                        "admm_epochs + retrain_epochs >= 1")
+    if not isinstance(iterative_rounds, int) or iterative_rounds < 1:
+        raise UserError(f"iterative_rounds {iterative_rounds!r} is not a positive integer: use e.g. 3")
+    device = device or get_device()
+    model.to(device)
+    indices = torch.as_tensor(indices, dtype=torch.long)
+    targets = resolve_sparsity(model, sparsity)
+    layers = prunable_layers(model)
+    is_number = isinstance(sparsity, numbers.Real) and not isinstance(sparsity, bool)
+    global_target = float(sparsity) if is_number and method != "admm" else None
+    history: list[dict] = []
+    paths: list[Path | None] = []
+    info: dict[str, Any] = {"method": method, "admm_epochs": admm_epochs if method == "admm" else 0,
+                            "retrain_epochs": retrain_epochs if method == "admm" else admm_epochs + retrain_epochs,
+                            "targets": {"global": global_target} if global_target is not None else targets}
+
+    if method == "admm":
+        settings = admm or ADMMSettings()
+        steps_per_epoch = math.ceil(len(indices) / config.batch_size)
+        per_epoch = max(1, min(int(settings.updates_per_epoch), steps_per_epoch))
+        growth = settings.growth_for(per_epoch * admm_epochs)
+        admm_cb = ADMMCallback(model, targets, settings.rho_init, growth, settings.rho_max,
+                               update_every=None if per_epoch == 1 else steps_per_epoch // per_epoch)
+        paths.append(_phase_path(checkpoint_path, "admm"))
+        if admm_epochs > 0:
+            history += _tag(fit(model, bundle, indices, replace(config, epochs=admm_epochs),
+                                device=device, progress=progress, checkpoint_path=paths[-1],
+                                callback=compose_callbacks(admm_cb, callback_extra)), phase="admm")
+        masks = {name: torch.ones_like(m.weight, dtype=torch.bool).cpu() for name, m in layers.items()}
+        masks.update(admm_cb.hard_masks(model))
+        apply_masks(model, masks)
+        info["admm"] = {**settings.to_dict(), "rho_growth_used": growth, "rho_final": admm_cb.rho}
+        info["train_acc_before_retrain"] = evaluate(model, bundle, indices, device=device)["acc"]
+        paths.append(_phase_path(checkpoint_path, "retrain"))
+        if retrain_epochs > 0:
+            history += _tag(fit(model, bundle, indices, replace(config, epochs=retrain_epochs),
+                                device=device, progress=progress, checkpoint_path=paths[-1],
+                                callback=compose_callbacks(callback_extra, MaskCallback(masks))),
+                            phase="retrain")
+    else:
+        budget = admm_epochs + retrain_epochs
+        rounds = 1 if method == "magnitude" else min(iterative_rounds, budget)
+        per_round = [budget // rounds + (1 if r < budget % rounds else 0) for r in range(rounds)]
+        final = global_target
+        for r in range(1, rounds + 1):
+            density = (1.0 - final) ** (r / rounds) if final is not None else None
+            round_targets = {n: 1.0 - (1.0 - s) ** (r / rounds) for n, s in targets.items()}
+            _torch_prune(layers, round_targets if r < rounds else targets,
+                         None if final is None else (1.0 - density if r < rounds else final))
+            if r == 1:
+                info["train_acc_before_retrain"] = evaluate(model, bundle, indices, device=device)["acc"]
+            paths.append(_phase_path(checkpoint_path, f"finetune{r}"))
+            rows = fit(model, bundle, indices, replace(config, epochs=per_round[r - 1]),
+                       device=device, progress=progress, checkpoint_path=paths[-1],
+                       callback=compose_callbacks(callback_extra))
+            history += _tag(rows, phase="finetune", round=r)
+        masks = {name: module.weight_mask.detach().bool().cpu() for name, module in layers.items()}
+        for module in layers.values():
+            prune.remove(module, "weight")
+        apply_masks(model, masks)
+    for path in paths:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    info["history"] = history
+    info["sparsity_per_layer"] = sparsity_per_layer(model)
+    return model, masks, info
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``prune`` defence's ``params`` with defaults filled in, or a one-line :class:`UserError`.
+
+    Keys: ``pruning`` (admm, magnitude, iterative; default admm), ``sparsity`` (overall
+    target in [0, 1), default 0.9) and ``sparsity_spec`` (a JSON/YAML per-layer file that,
+    when given, replaces ``sparsity``; its layer names are checked against the model later).
+    """
+    unknown = sorted(set(params) - set(PARAM_DEFAULTS))
+    if unknown:
+        raise UserError(f"unknown pruning parameter(s) {unknown}: use {sorted(PARAM_DEFAULTS)}")
+    out = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    _check_method(out["pruning"])
+    out["sparsity"] = check_sparsity(out["sparsity"])
+    if out["sparsity_spec"] is not None:
+        out["sparsity_spec"] = str(out["sparsity_spec"])
+        load_sparsity_spec(out["sparsity_spec"])
+    return out
+
+
+def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``prune`` defence: prune the undefended target (``ctx.spec.params``) and report it.
+
+    The dense model is the ``none`` defence's (same cache entry, trained once); the pruned
+    model is cached under the full configuration. ``sparsity`` is the overall target on the
+    prunable weights: ADMM spreads it with :func:`default_sparsity_profile`, the magnitude
+    baselines with one global threshold; a ``sparsity_spec`` file fixes every layer instead.
+    Extra record fields: the compression report (``sparsity_per_layer``,
+    ``compression_ratio``, ``compression_ratio_prunable``, ``size_dense_bytes``,
+    ``size_sparse_bytes``, ``flops_dense``, ``flops_effective``) plus ``pruning``,
+    ``sparsity``, ``sparsity_targets``, the epochs and ``history`` (ADMM and retraining rows,
+    each with its ``phase``).
+    """
+    from mcmia_helpers import experiments  # not at import time: experiments registers us
+
+    params = validate_pruning_params(ctx.spec.params)
+    method = params["pruning"]
+    probe = ctx.build()
+    if params["sparsity_spec"] is not None:
+        sparsity: Sparsity = resolve_sparsity(probe, params["sparsity_spec"])
+    elif method == "admm":
+        sparsity = default_sparsity_profile(probe, params["sparsity"])
+    else:
+        sparsity = params["sparsity"]
+    targets = resolve_sparsity(probe, sparsity)
+    sizes = {name: m.weight.numel() for name, m in prunable_layers(probe).items()}
+    overall = (params["sparsity"] if params["sparsity_spec"] is None else
+               sum(sizes[n] * s for n, s in targets.items()) / sum(sizes.values()))
+
+    dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
+    dense, dense_info = experiments.DEFENSES["none"](dense_ctx)
+    epochs = max(1, ctx.train_config.epochs // 2)
+    settings = ADMMSettings()
+    config = ctx.cache_config(pruning=method, sparsity_targets=sparsity if isinstance(sparsity, dict)
+                              else {"global": sparsity}, admm_epochs=epochs, retrain_epochs=epochs,
+                              admm=settings.to_dict(), iterative_rounds=3,
+                              pruning_version=PRUNING_VERSION)
+    run_info: dict[str, Any] = {}
+
+    def train(model: nn.Module, checkpoint: Path) -> list[dict]:
+        _, _, info = prune_model(model, ctx.bundle, ctx.split.members, ctx.train_config, method,
+                                 sparsity, admm_epochs=epochs, retrain_epochs=epochs,
+                                 device=ctx.device, progress=ctx.progress, admm=settings,
+                                 checkpoint_path=checkpoint)
+        run_info.update(info)
+        return info["history"]
+
+    model, cache_info = load_or_train(config, lambda: copy.deepcopy(dense), train)
+    report = compression_report(model, (ctx.bundle.in_channels, ctx.bundle.image_size,
+                                        ctx.bundle.image_size))
+    extra = {key: report[key] for key in (
+        "sparsity_per_layer", "compression_ratio", "compression_ratio_prunable",
+        "size_dense_bytes", "size_sparse_bytes", "flops_dense", "flops_effective")}
+    extra.update({
+        "pruning": method, "sparsity": overall, "sparsity_spec": params["sparsity_spec"],
+        "sparsity_targets": targets if isinstance(sparsity, dict) else {"global": sparsity},
+        "sparsity_achieved": report["sparsity"],
+        "admm_epochs": epochs if method == "admm" else 0,
+        "retrain_epochs": epochs if method == "admm" else 2 * epochs,
+        "dense_cached": dense_info.get("cached"), "cached": cache_info["cached"],
+        "history": cache_info["history"],
+    })
+    if "train_acc_before_retrain" in run_info:
+        extra["train_acc_before_retrain"] = run_info["train_acc_before_retrain"]
+    return model, extra

@@ -1,0 +1,39 @@
+"""Shared fixtures: a private data and model cache per test session, and small datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests are CPU-only and must not depend on a previous run's cached models.
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A fresh model cache per session (data stays shared: it is read-only input)."""
+    os.environ["MCMIA_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """Fashion-MNIST in memory (Debian's package or torchvision's download)."""
+    from mcmia_helpers.data import load_dataset
+
+    return load_dataset("fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from mcmia_helpers.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture()
+def tmp_out(tmp_path: Path) -> Path:
+    return tmp_path / "out"
