@@ -46,7 +46,7 @@ test: data
 
 # Re-execute every chapter at book scale and store its outputs (about an hour on 2 CPU cores).
 notebooks: data
-	MCMIA_SCALE=book $(PY) -m tools.execute_notebooks book/*.ipynb
+	MCMIA_SCALE=book $(PY) tools/execute_notebooks.py book/*.ipynb
 
 benchmark: data
 	$(PY) benchmarks/shadow_training.py

@@ -7,6 +7,7 @@ Each module holds one idea of the book:
 ``training``     one ``fit``/``evaluate`` pair, seeds, devices and the load-or-train cache
 ``scales``       the ``ci``/``book``/``paper`` scales in one place (``MCMIA_SCALE``)
 ``experiments``  one experiment = one JSON record; the command line is ``python -m mcmia_helpers``
+``plots``        the figures the chapters share (``from mcmia_helpers import plots``)
 """
 
 from __future__ import annotations
@@ -14,5 +15,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from mcmia_helpers.errors import UserError  # noqa: E402
+from mcmia_helpers import data, experiments, io, models, notebook, scales, training  # noqa: E402
 
-__all__ = ["UserError", "__version__"]
+__all__ = ["UserError", "__version__", "data", "experiments", "io", "models", "notebook", "scales",
+           "training"]

@@ -410,8 +410,8 @@ class MIASplit:
 def make_split(n_total: int, sizes: SplitSizes, seed: int, dataset: str = "") -> MIASplit:
     """Draw the five disjoint parts of ``sizes`` from ``range(n_total)`` with ``seed``.
 
-    Raises :class:`UserError` when the dataset is too small for the sizes (use
-    :meth:`SplitSizes.fit_to` to shrink them).
+    Raises :class:`~mcmia_helpers.errors.UserError` when the dataset is too small for the sizes
+    (use :meth:`~mcmia_helpers.scales.SplitSizes.fit_to` to shrink them).
     """
     if seed < 0:
         raise UserError(f"seed {seed} is negative: use a seed >= 0")

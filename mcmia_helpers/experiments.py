@@ -174,6 +174,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
         "torch_version": torch.__version__,
     }
     record.update(extra)
+    record["history"] = history
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     return record
 
