@@ -1,4 +1,4 @@
-"""The command line: ``python -m mcmia_helpers run|data ...``.
+"""The command line: ``python -m mcmia_helpers run|grid|data ...``.
 
 Every mistake a user can make (an unknown architecture, dataset or defence, a bad seed, an
 unwritable ``--out``, a dataset missing offline) ends with one line on stderr and exit status 2,
@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--imagenet-classes", type=int, default=100, help="keep the first K ImageNet classes (default 100)")
     run.add_argument("--progress", action="store_true", help="show progress bars")
 
+    grid = sub.add_parser("grid", help="run a grid of experiments from a YAML config, resuming where it stopped")
+    grid.add_argument("--config", required=True, help="grid file, e.g. configs/book.yaml")
+    grid.add_argument("--out", required=True, type=_writable_file, help="JSON-lines results file (appended, never rewritten)")
+    grid.add_argument("--only", default=None, help="run only the cells whose id contains this text")
+    grid.add_argument("--scale", default=None, choices=SCALES, help="override the config's scale")
+    grid.add_argument("--print-commands", action="store_true",
+                      help="print one `run` command per missing cell (for a SLURM array or Ray) instead of running")
+    grid.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     data = sub.add_parser("data", help="prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
     fetch = data_sub.add_parser("fetch", help="download or copy a dataset into the data folder")
@@ -102,6 +111,23 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(args: argparse.Namespace) -> int:
+    from mcmia_helpers import grid as grid_runner
+
+    grid = grid_runner.load_grid(args.config)
+    if args.print_commands:
+        done = grid_runner.done_cells(args.out)
+        for i, spec in enumerate(grid_runner.expand(grid, args.scale)):
+            cell = grid_runner.cell_id(spec)
+            if cell not in done and (args.only is None or args.only in cell):
+                print(grid_runner.run_command(spec, out=f"records/cell-{i:04d}.json"))
+        return 0
+    records = grid_runner.run_grid(grid, args.out, only=args.only, scale=args.scale,
+                                   progress=not args.no_progress)
+    print(f"{len(records)} cells computed, results in {args.out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error)."""
     parser = build_parser()
@@ -109,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "grid":
+            return _grid(args)
         if args.command == "data":
             from mcmia_helpers.data import fetch_dataset
 

@@ -45,6 +45,7 @@ class ExperimentSpec:
     imagenet_root: str | None = None
     imagenet_size: int = 64
     imagenet_classes: int | None = 100
+    attacks: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         if self.arch not in ARCHITECTURES:
