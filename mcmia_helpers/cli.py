@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--defense", default="none", choices=sorted(DEFENSES))
     run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
     run.add_argument("--seed", type=_seed, default=0)
+    defence = run.add_argument_group("defence parameters (each applies to the defences named)")
+    defence.add_argument("--pruning", choices=("admm", "magnitude", "iterative"), default=None,
+                         help="pruning method for prune, prune+minmax (default admm)")
+    defence.add_argument("--sparsity", type=float, default=None,
+                         help="fraction of conv/linear weights pruned, in [0, 1) (default 0.9)")
+    defence.add_argument("--sparsity-spec", default=None,
+                         help="JSON/YAML file {layer: sparsity, default: s}; replaces --sparsity")
+    run.add_argument("--attacks", default=None,
+                     help="comma-separated attacks to run (default: all the scale affords)")
+    run.add_argument("--save-scores", type=_writable_file, default=None,
+                     help="write per-example attack scores, membership labels and indices to this .npz")
     run.add_argument("--out", type=_writable_file, default=None, help="where the JSON record goes (default: stdout)")
     run.add_argument("--imagenet-root", default=None, help="ImageFolder root with train/ and val/ (for --dataset imagenet)")
     run.add_argument("--imagenet-size", type=int, default=64, help="image resolution for ImageNet (default 64)")
@@ -95,12 +106,19 @@ def _run(args: argparse.Namespace) -> int:
     from mcmia_helpers.experiments import ExperimentSpec, run_experiment
     from mcmia_helpers.io import atomic_write_json
 
+    from mcmia_helpers.experiments import DEFENSE_PARAMS
+
+    all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
+    params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else None
     spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
-                          scale=args.scale, seed=args.seed, standin=args.standin,
+                          scale=args.scale, seed=args.seed, standin=args.standin, params=params,
                           imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
-                          imagenet_classes=args.imagenet_classes)
+                          imagenet_classes=args.imagenet_classes, attacks=attacks)
+    spec.validate()
     split_path = args.out.with_suffix(".split.json") if args.out else None
-    record = run_experiment(spec, progress=args.progress, split_path=split_path)
+    record = run_experiment(spec, progress=args.progress, split_path=split_path,
+                            save_scores=args.save_scores)
     if args.out:
         if split_path is not None:
             record["split_file"] = split_path.name

@@ -13,8 +13,9 @@ have:
   *effective* count scales each layer by its weight density (what a sparse kernel would do);
 * **size on disk**: the state dict saved densely with ``torch.save`` vs saved in our sparse
   format (:func:`save_sparse`);
-* **CPU latency** (:func:`measure_latency`), which only structured pruning (:func:`prune_filters_vgg`)
-  can lower: unstructured zeros still cost a dense multiply.
+* **CPU latency** (:func:`measure_latency`, :func:`compare_latency`), which only structured
+  pruning (:func:`~mcmia_helpers.pruning.prune_filters_vgg`) can lower: unstructured zeros
+  still cost a dense multiply.
 
 The sparse format (``FORMAT_VERSION`` 1) is one ``np.savez_compressed`` archive. For tensor
 number ``i`` of the state dict (in order) it holds either ``t{i}_dense`` (the tensor as is) or,
@@ -26,7 +27,6 @@ encoding. With float32 values a model round-trips exactly (-0.0 comes back as 0.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -162,12 +162,12 @@ def save_sparse(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathL
     """Save ``model``'s state dict in the sparse format (see the module docstring); return the path.
 
     ``value_dtype="float16"`` halves the stored values (lossy); ``float32`` round-trips exactly.
-    The file is written atomically.
+    A layer under ``torch.nn.utils.prune`` is saved as shipped (its masked ``weight``, see
+    :func:`shipped_state`). The file is written atomically.
     """
     from mcmia_helpers.io import _atomic
 
-    state = model.state_dict() if isinstance(model, nn.Module) else model
-    arrays, meta = _encode(state, value_dtype)
+    arrays, meta = _encode(shipped_state(model), value_dtype)
     return _atomic(path, lambda handle: _write_npz(handle, arrays, meta))
 
 
@@ -211,16 +211,16 @@ def load_sparse(path: str | os.PathLike, model: nn.Module | None = None):
     return model
 
 
-def dense_size_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what a dense checkpoint costs on disk."""
+def dense_size_bytes(model: nn.Module | dict[str, torch.Tensor]) -> int:
+    """Bytes of ``torch.save`` of the state dict: what a dense checkpoint costs on disk."""
     buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    torch.save(shipped_state(model), buffer)
     return buffer.getbuffer().nbytes
 
 
-def sparse_size_bytes(model: nn.Module, value_dtype: str = "float32") -> int:
+def sparse_size_bytes(model: nn.Module | dict[str, torch.Tensor], value_dtype: str = "float32") -> int:
     """Bytes of the model in the sparse format (what :func:`save_sparse` would write)."""
-    arrays, meta = _encode(model.state_dict(), value_dtype)
+    arrays, meta = _encode(shipped_state(model), value_dtype)
     buffer = io.BytesIO()
     _write_npz(buffer, arrays, meta)
     return buffer.getbuffer().nbytes
@@ -229,21 +229,29 @@ def sparse_size_bytes(model: nn.Module, value_dtype: str = "float32") -> int:
 # --------------------------------------------------------------------------- the report
 
 
-def _plain_state_model(model: nn.Module) -> nn.Module:
-    """``model`` itself, or a copy with ``torch.nn.utils.prune`` masks made permanent.
+def shipped_state(model: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict as the pruned model would be shipped, on the CPU.
 
-    A reparametrised layer saves ``weight_orig`` (dense) plus ``weight_mask``: the report
-    counts the bytes of the pruned model as it would be shipped, with the masks applied.
+    A layer under ``torch.nn.utils.prune`` saves ``weight_orig`` (dense) plus ``weight_mask``;
+    here they become the one masked ``weight`` that ``prune.remove`` would leave. Keys are
+    sorted, so the bytes do not depend on the order in which layers registered their tensors.
     """
-    if not any(hasattr(m, "weight_mask") for m in model.modules()):
-        return model
-    from torch.nn.utils import prune
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state:
+            continue
+        if key.endswith("_orig") and key.removesuffix("_orig") + "_mask" in state:
+            base = key.removesuffix("_orig")
+            out[base] = (tensor * state[base + "_mask"]).detach().cpu()
+            continue
+        out[key] = tensor.detach().cpu()
+    return dict(sorted(out.items()))
 
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
-            prune.remove(module, "weight")
-    return clone
+
+def _parameter_names(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's parameters (``x.weight_orig`` counted as ``x.weight``)."""
+    return {name.removesuffix("_orig") for name, _ in model.named_parameters()}
 
 
 def compression_report(model: nn.Module, input_shape: tuple[int, ...],
@@ -258,21 +266,22 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...],
     linear layers for one example), ``size_dense_bytes`` (``torch.save``) and
     ``size_sparse_bytes`` (:func:`save_sparse` with ``value_dtype``), ``size_ratio``.
     """
-    plain = _plain_state_model(model)
-    macs = count_macs(plain, input_shape)
+    macs = count_macs(model, input_shape)
     layers: dict[str, dict[str, Any]] = {}
-    for name, module in prunable_layers(plain).items():
+    for name, module in prunable_layers(model).items():
         weight = effective_weight(module)
         nonzero = int(torch.count_nonzero(weight))
         density = nonzero / weight.numel()
         layers[name] = {"params": weight.numel(), "nonzero": nonzero, "sparsity": 1.0 - density,
                         "flops_dense": macs[name], "flops_effective": macs[name] * density}
-    total = sum(p.numel() for p in plain.parameters())
-    nonzero_all = sum(int(torch.count_nonzero(p.detach())) for p in plain.parameters())
+    state = shipped_state(model)
+    param_keys = {key for key in state if key in _parameter_names(model)}
+    total = sum(state[k].numel() for k in param_keys)
+    nonzero_all = sum(int(torch.count_nonzero(state[k])) for k in param_keys)
     prunable_total = sum(v["params"] for v in layers.values())
     prunable_nonzero = sum(v["nonzero"] for v in layers.values())
-    size_dense = dense_size_bytes(plain)
-    size_sparse = sparse_size_bytes(plain, value_dtype)
+    size_dense = dense_size_bytes(state)
+    size_sparse = sparse_size_bytes(state, value_dtype)
     return {
         "layers": layers,
         "sparsity_per_layer": {name: v["sparsity"] for name, v in layers.items()},
@@ -290,3 +299,65 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...],
         "size_ratio": size_dense / max(1, size_sparse),
         "sparse_value_dtype": value_dtype,
     }
+
+
+# --------------------------------------------------------------------------- latency
+
+
+@torch.inference_mode()
+def _time_once(model: nn.Module, x: torch.Tensor) -> float:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    start = time.perf_counter()
+    model(x)
+    if x.is_cuda:  # kernels run asynchronously: wait for them before stopping the clock
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def measure_latency(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass of ``model`` (eval mode) on ``x``, on its device.
+
+    The median of ``repeats`` timed passes after ``warmup`` untimed ones, so one stall of a
+    shared machine does not move the number. Runs on CPU tensors as given; ``x`` is moved to
+    the model's device.
+    """
+    if repeats < 1:
+        raise UserError(f"repeats {repeats} must be at least 1: use e.g. 20")
+    was_training = model.training
+    model.eval()
+    x = x.to(next(model.parameters()).device)
+    try:
+        for _ in range(warmup):
+            _time_once(model, x)
+        times = [_time_once(model, x) for _ in range(repeats)]
+    finally:
+        model.train(was_training)
+    return float(np.median(times))
+
+
+def compare_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 20,
+                    warmup: int = 3) -> dict[str, float]:
+    """Median forward seconds of several models on ``x``, measured side by side.
+
+    The passes are interleaved (one pass of each model per round), so a slowdown of the
+    machine hits every model alike and the ratios stay meaningful on a shared CPU.
+    """
+    if repeats < 1:
+        raise UserError(f"repeats {repeats} must be at least 1: use e.g. 20")
+    modes = {name: m.training for name, m in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    try:
+        inputs = {}
+        for name, m in models.items():
+            m.eval()
+            inputs[name] = x.to(next(m.parameters()).device)
+        for round_ in range(warmup + repeats):
+            for name, m in models.items():
+                elapsed = _time_once(m, inputs[name])
+                if round_ >= warmup:
+                    times[name].append(elapsed)
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
+    return {name: float(np.median(t)) for name, t in times.items()}

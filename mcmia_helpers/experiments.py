@@ -55,6 +55,7 @@ class ExperimentSpec:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
         get_scale(self.scale)
+        validate_defense_params(self.defense, self.params)
 
 
 @dataclass
@@ -100,6 +101,33 @@ DEFENSES: dict[str, Callable[[TargetContext], tuple[nn.Module, dict[str, Any]]]]
 }
 
 
+#: The parameters each defence accepts (the command line's flags are these names with dashes).
+DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {"none": ()}
+#: Defence name -> function that checks its parameters (one-line UserError on a bad value).
+PARAM_VALIDATORS: dict[str, Callable[[dict[str, Any]], Any]] = {}
+
+
+def register_defense(name: str, trainer: Callable[[TargetContext], tuple[nn.Module, dict[str, Any]]],
+                     params: tuple[str, ...], validate: Callable[[dict[str, Any]], Any] | None = None) -> None:
+    """Make a defence available to ``run_experiment``, the grid and the command line."""
+    DEFENSES[name] = trainer
+    DEFENSE_PARAMS[name] = params
+    if validate is not None:
+        PARAM_VALIDATORS[name] = validate
+
+
+def validate_defense_params(defense: str, params: dict[str, Any]) -> None:
+    """Reject parameters the defence does not take, then let the defence check the values."""
+    allowed = DEFENSE_PARAMS.get(defense, ())
+    for key in params:
+        if key not in allowed:
+            flag = "--" + key.replace("_", "-")
+            takes = ", ".join(d for d, ps in DEFENSE_PARAMS.items() if key in ps) or "no defence"
+            raise UserError(f"{flag} does not apply to --defense {defense}: it is a parameter of {takes}")
+    if defense in PARAM_VALIDATORS:
+        PARAM_VALIDATORS[defense](dict(params))
+
+
 def arch_view(arch: str, bundle: DatasetBundle) -> DatasetBundle:
     """The view of ``bundle`` that ``arch`` runs on: CIFAR architectures need 32x32 RGB."""
     if arch != "lenet5" and bundle.image_size < 32:
@@ -140,7 +168,8 @@ def split_digest(split: MIASplit) -> str:
 
 
 def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
-                   split_path: str | os.PathLike | None = None) -> dict[str, Any]:
+                   split_path: str | os.PathLike | None = None,
+                   save_scores: str | os.PathLike | None = None) -> dict[str, Any]:
     """Run ``spec`` end to end and return its JSON-able record (see the module docstring)."""
     started = time.perf_counter()
     ctx = prepare(spec, progress)
@@ -191,3 +220,9 @@ def spec_from_dict(d: dict[str, Any]) -> ExperimentSpec:
 
 def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
     return asdict(spec)
+
+
+from mcmia_helpers import pruning as _pruning  # noqa: E402  (the defences register themselves here)
+
+register_defense("prune", _pruning.train_pruned, ("pruning", "sparsity", "sparsity_spec"),
+                 _pruning.validate_pruning_params)

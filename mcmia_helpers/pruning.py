@@ -15,13 +15,14 @@ and a scaled dual variable ``U_l``:
   projection, applied to ``W``) and **retrained with the mask fixed** (:class:`MaskCallback`).
 
 ADMM hyperparameters (:class:`ADMMSettings`) follow the framework's published PyTorch code where
-the MCMIA paper is silent: ``rho`` starts at ``1e-3`` and is multiplied by ``1.3`` at every Z/U
-update (their ``admm_multi_rho_scheduler``), capped at ``1``. Their runs update every epoch over
-tens of epochs; our scales train for far fewer, so by default the ADMM phase makes enough
-evenly spaced updates (every ``k`` steps, 27 of them) for ``rho`` to travel the framework's
-whole range, 1e-3 to 1. When ``rho`` changes, ``U`` is rescaled by ``rho_old / rho_new`` so
-that the unscaled dual variable is unchanged (Boyd et al. 2011, section 3.4.1); the framework's
-code omits this step.
+the MCMIA paper is silent: ``rho`` starts at ``1e-3``, the Z- and U-steps run once per epoch
+(their ``admm_epoch = 1``) and after each ``rho`` is multiplied by ``1.3`` (their
+``admm_multi_rho_scheduler``), capped at ``1``. Their runs last tens of epochs; ours often
+fewer than the 27 updates that ``x1.3`` needs to go from ``1e-3`` to ``1``, so then ``rho``
+grows faster (``(1 / 1e-3) ** (1 / (updates - 1))``, e.g. ``x2.15`` over 10 epochs, close to the
+``x2`` of other published variants) and the last epoch always trains at ``rho = 1``. When
+``rho`` changes, ``U`` is rescaled by ``rho_old / rho_new`` so that the unscaled dual variable is
+unchanged (Boyd et al. 2011, section 3.4.1); the framework's code omits this step.
 
 Baselines (:func:`prune_model` ``method=``):
 
@@ -37,6 +38,9 @@ Every method gets the same training budget after the dense model, ``admm_epochs 
 retrain_epochs`` (by default half the target's epochs each), so the comparison is about the
 method, not the number of epochs. Prunable weights are those of every ``Conv2d`` and
 ``Linear`` (not biases, not norm layers); see :func:`~mcmia_helpers.compression.prunable_layers`.
+One overall sparsity is spread over the layers by :func:`default_sparsity_profile` (small
+layers pruned less); :func:`prune_filters_vgg` is the structured alternative that removes
+whole filters and so really runs faster on a CPU.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ from mcmia_helpers.training import (TrainConfig, TrainingCallback, evaluate, fit
 __all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedCallback",
            "compose_callbacks", "apply_masks", "masks_from_model", "sparsity_per_layer",
            "default_sparsity_profile", "resolve_sparsity", "load_sparsity_spec",
-           "check_sparsity", "prune_model", "train_pruned", "validate_pruning_params"]
+           "check_sparsity", "project", "prune_model", "train_pruned", "validate_pruning_params",
+           "prune_filters_vgg", "PARAM_DEFAULTS"]
 
 #: Bump when a change to pruning makes cached pruned models wrong.
 PRUNING_VERSION = 1
@@ -439,6 +444,12 @@ def _tag(history: list[dict], **fields: Any) -> list[dict]:
     return [{**row, **fields} for row in history]
 
 
+def _before_retrain(history: list[dict]) -> float | None:
+    """Accuracy right after the first hard prune, from its ``hard_prune`` history row."""
+    rows = [row for row in history if row.get("phase") == "hard_prune"]
+    return float(rows[0]["acc"]) if rows else None
+
+
 def _torch_prune(layers: dict[str, nn.Module], targets: dict[str, float],
                  global_target: float | None) -> None:
     """Prune (further) to ``targets`` with ``torch.nn.utils.prune`` L1 magnitude.
@@ -483,8 +494,11 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
 
     Returns ``(model, masks, info)``: the pruned model (weights are plain tensors, the zeros
     are real), its ``{layer: keep mask}``, and ``info`` with ``method``, ``targets``,
-    ``history`` (per-epoch rows with a ``phase`` key), the epochs used,
-    ``train_acc_before_retrain`` and the achieved ``sparsity_per_layer``.
+    ``history``, the epochs used, ``train_acc_before_retrain`` (accuracy on ``indices`` right
+    after the (first) hard prune) and the achieved ``sparsity_per_layer``. ``history`` holds
+    the per-epoch rows of every phase with a ``phase`` key (``admm``, ``retrain``,
+    ``finetune`` with its ``round``) and, after each hard prune, one ``hard_prune`` row: loss
+    and accuracy on ``indices`` of the freshly pruned model, before any retraining.
     """
     method = _check_method(method)
     default_epochs = max(1, config.epochs // 2)
@@ -524,7 +538,8 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
         masks.update(admm_cb.hard_masks(model))
         apply_masks(model, masks)
         info["admm"] = {**settings.to_dict(), "rho_growth_used": growth, "rho_final": admm_cb.rho}
-        info["train_acc_before_retrain"] = evaluate(model, bundle, indices, device=device)["acc"]
+        history.append({"epoch": admm_epochs, **evaluate(model, bundle, indices, device=device),
+                        "phase": "hard_prune"})
         paths.append(_phase_path(checkpoint_path, "retrain"))
         if retrain_epochs > 0:
             history += _tag(fit(model, bundle, indices, replace(config, epochs=retrain_epochs),
@@ -541,8 +556,8 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
             round_targets = {n: 1.0 - (1.0 - s) ** (r / rounds) for n, s in targets.items()}
             _torch_prune(layers, round_targets if r < rounds else targets,
                          None if final is None else (1.0 - density if r < rounds else final))
-            if r == 1:
-                info["train_acc_before_retrain"] = evaluate(model, bundle, indices, device=device)["acc"]
+            history.append({"epoch": 0, **evaluate(model, bundle, indices, device=device),
+                            "phase": "hard_prune", "round": r})
             paths.append(_phase_path(checkpoint_path, f"finetune{r}"))
             rows = fit(model, bundle, indices, replace(config, epochs=per_round[r - 1]),
                        device=device, progress=progress, checkpoint_path=paths[-1],
@@ -556,6 +571,7 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
         if path is not None:
             path.unlink(missing_ok=True)
     info["history"] = history
+    info["train_acc_before_retrain"] = _before_retrain(history)
     info["sparsity_per_layer"] = sparsity_per_layer(model)
     return model, masks, info
 
@@ -592,8 +608,8 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
     Extra record fields: the compression report (``sparsity_per_layer``,
     ``compression_ratio``, ``compression_ratio_prunable``, ``size_dense_bytes``,
     ``size_sparse_bytes``, ``flops_dense``, ``flops_effective``) plus ``pruning``,
-    ``sparsity``, ``sparsity_targets``, the epochs and ``history`` (ADMM and retraining rows,
-    each with its ``phase``).
+    ``sparsity``, ``sparsity_targets``, ``sparsity_achieved``, ``train_acc_before_retrain``,
+    the epochs and ``history`` (ADMM, hard-prune and retraining rows, each with its ``phase``).
     """
     from mcmia_helpers import experiments  # not at import time: experiments registers us
 
@@ -615,18 +631,17 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
     dense, dense_info = experiments.DEFENSES["none"](dense_ctx)
     epochs = max(1, ctx.train_config.epochs // 2)
     settings = ADMMSettings()
-    config = ctx.cache_config(pruning=method, sparsity_targets=sparsity if isinstance(sparsity, dict)
-                              else {"global": sparsity}, admm_epochs=epochs, retrain_epochs=epochs,
-                              admm=settings.to_dict(), iterative_rounds=3,
-                              pruning_version=PRUNING_VERSION)
-    run_info: dict[str, Any] = {}
-
+    normalised = replace(ctx, spec=replace(ctx.spec, params=params))  # same key, however spelled
+    key_targets = sparsity if isinstance(sparsity, dict) else {"global": sparsity}
+    config = normalised.cache_config(pruning=method, sparsity_targets=key_targets,
+                                     admm_epochs=epochs, retrain_epochs=epochs,
+                                     admm=settings.to_dict(), iterative_rounds=3,
+                                     pruning_version=PRUNING_VERSION)
     def train(model: nn.Module, checkpoint: Path) -> list[dict]:
         _, _, info = prune_model(model, ctx.bundle, ctx.split.members, ctx.train_config, method,
                                  sparsity, admm_epochs=epochs, retrain_epochs=epochs,
                                  device=ctx.device, progress=ctx.progress, admm=settings,
                                  checkpoint_path=checkpoint)
-        run_info.update(info)
         return info["history"]
 
     model, cache_info = load_or_train(config, lambda: copy.deepcopy(dense), train)
@@ -637,13 +652,91 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
         "size_dense_bytes", "size_sparse_bytes", "flops_dense", "flops_effective")}
     extra.update({
         "pruning": method, "sparsity": overall, "sparsity_spec": params["sparsity_spec"],
-        "sparsity_targets": targets if isinstance(sparsity, dict) else {"global": sparsity},
+        "sparsity_targets": key_targets,
         "sparsity_achieved": report["sparsity"],
         "admm_epochs": epochs if method == "admm" else 0,
         "retrain_epochs": epochs if method == "admm" else 2 * epochs,
+        "train_acc_before_retrain": _before_retrain(cache_info["history"]),
         "dense_cached": dense_info.get("cached"), "cached": cache_info["cached"],
         "history": cache_info["history"],
     })
-    if "train_acc_before_retrain" in run_info:
-        extra["train_acc_before_retrain"] = run_info["train_acc_before_retrain"]
     return model, extra
+
+
+# --------------------------------------------------------------------------- structured pruning
+
+
+def _keep_filters(conv: nn.Conv2d, ratio: float) -> torch.Tensor:
+    """Indices (sorted) of the output filters with the largest L1 norms, ``1 - ratio`` of them."""
+    norms = conv.weight.detach().abs().sum(dim=(1, 2, 3))
+    keep = max(1, conv.out_channels - int(round(ratio * conv.out_channels)))
+    return torch.topk(norms, keep, sorted=False).indices.sort().values
+
+
+def _slice_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
+    """``norm`` restricted to channels ``idx`` (BatchNorm sliced; GroupNorm regrouped by gcd)."""
+    n = len(idx)
+    if isinstance(norm, nn.BatchNorm2d):
+        new = nn.BatchNorm2d(n, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+        if norm.track_running_stats:
+            new.running_mean.copy_(norm.running_mean[idx])
+            new.running_var.copy_(norm.running_var[idx])
+            new.num_batches_tracked.copy_(norm.num_batches_tracked)
+    elif isinstance(norm, nn.GroupNorm):
+        new = nn.GroupNorm(math.gcd(n, norm.num_groups), n, norm.eps, norm.affine)
+    else:
+        raise UserError(f"cannot slice a {type(norm).__name__} after a pruned conv: use the "
+                        "vgg16 model of build_model")
+    if getattr(norm, "affine", False):
+        new.weight.data.copy_(norm.weight.detach()[idx])
+        new.bias.data.copy_(norm.bias.detach()[idx])
+    return new
+
+
+@torch.no_grad()
+def prune_filters_vgg(model: nn.Module, ratio: float) -> nn.Module:
+    """A narrower copy of a small-image VGG16: ``ratio`` of every conv's filters removed.
+
+    Structured pruning after Li et al. (2017), "Pruning Filters for Efficient ConvNets": in
+    each convolution the filters with the smallest L1 norms go, with their norm-layer channels
+    and the matching input channels of the next layer (the next conv, or the classifier).
+    The result is an ordinary dense model with fewer channels, so it is faster on any CPU
+    (unlike unstructured zeros) and can be fine-tuned with :func:`~mcmia_helpers.training.fit`.
+    ``model`` is left unchanged.
+    """
+    from mcmia_helpers.models import VGG16Small
+
+    if not isinstance(model, VGG16Small):
+        raise UserError(f"filter pruning is implemented for the small-image vgg16 only (got "
+                        f"{type(model).__name__}): use build_model('vgg16', image_size=32)")
+    ratio = check_sparsity(ratio)
+    device = next(model.parameters()).device
+    layers: list[nn.Module] = []
+    in_idx: torch.Tensor | None = None
+    for module in model.features:
+        if isinstance(module, nn.Conv2d):
+            out_idx = _keep_filters(module, ratio)
+            weight = module.weight.detach()[out_idx]
+            if in_idx is not None:
+                weight = weight[:, in_idx]
+            conv = nn.Conv2d(weight.shape[1], len(out_idx), module.kernel_size, module.stride,
+                             module.padding, bias=module.bias is not None).to(device)
+            conv.weight.copy_(weight)
+            if module.bias is not None:
+                conv.bias.copy_(module.bias.detach()[out_idx])
+            layers.append(conv)
+            in_idx = out_idx
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            layers.append(_slice_norm(module, in_idx).to(device))
+        else:
+            layers.append(copy.deepcopy(module))
+    old = model.classifier
+    classifier = nn.Linear(len(in_idx), old.out_features, bias=old.bias is not None).to(device)
+    classifier.weight.copy_(old.weight.detach()[:, in_idx])
+    if old.bias is not None:
+        classifier.bias.copy_(old.bias.detach())
+    pruned = copy.deepcopy(model)
+    pruned.features = nn.Sequential(*layers)
+    pruned.classifier = classifier
+    pruned.train(model.training)
+    return pruned
