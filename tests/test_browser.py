@@ -1,0 +1,79 @@
+"""The built book as a reader sees it: pages open in headless Chromium, figures load, no cell
+shows an error, glued numbers are filled in. Screenshots go to ``_build/screenshots/``.
+
+Skipped where Debian's ``chromium`` or the ``playwright`` package is missing; ``.ci/run``
+installs both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+
+
+def _chapters() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the book from the stored outputs into a private folder (nothing is executed)."""
+    out = tmp_path_factory.mktemp("book")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run([str(jb), "build", str(ROOT), "--path-output", str(out), "-W", "-n",
+                             "--keep-going"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("chapter", _chapters())
+def test_chapter_page_renders(chapter: str, built_book: Path, browser) -> None:
+    page_file = built_book / "book" / f"{chapter}.html"
+    assert page_file.exists(), f"{chapter} is not in the built book (missing from _toc.yml?)"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(page_file.as_uri(), wait_until="load")
+    images = page.evaluate("""() => Array.from(document.querySelectorAll('.cell_output img'))
+        .map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}))""")
+    assert images, f"{chapter}: no figures in the cell outputs"
+    broken = [i["src"] for i in images if not i["ok"]]
+    assert not broken, f"{chapter}: figures that do not load: {broken}"
+    errors = page.evaluate("""() => Array.from(document.querySelectorAll(
+        '.output.error, .output.traceback, .output.stderr')).map(e => e.innerText.slice(0, 200))""")
+    assert not errors, f"{chapter}: cells show errors or stderr: {errors}"
+    text = page.inner_text("main")
+    assert "{glue" not in text and "glue:text" not in text, f"{chapter}: a glued number is missing"
+    glued = page.evaluate("() => document.querySelectorAll('.pasted-text, .pasted-inline').length")
+    assert glued > 0, f"{chapter}: no glued numbers in the prose"
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / f"{chapter}.png"), full_page=True)
+    page.close()
+
+
+def test_intro_links_every_chapter(built_book: Path, browser) -> None:
+    page = browser.new_page()
+    page.goto((built_book / "book" / "intro.html").as_uri(), wait_until="load")
+    links = page.evaluate("() => Array.from(document.querySelectorAll('main a')).map(a => a.getAttribute('href'))")
+    for chapter in _chapters():
+        assert any(link and chapter in link for link in links), f"the intro does not link {chapter}"
+    page.close()
