@@ -74,8 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fraction of conv/linear weights pruned, in [0, 1) (default 0.9)")
     defence.add_argument("--sparsity-spec", default=None,
                          help="JSON/YAML file {layer: sparsity, default: s}; replaces --sparsity")
+    defence.add_argument("--lam", type=float, default=None,
+                         help="strength of the Min-Max adversarial term for minmax, prune+minmax (default 3)")
+    defence.add_argument("--k-steps", type=int, default=None,
+                         help="inference-model steps per classifier step in the Min-Max game (default 1)")
+    defence.add_argument("--epsilon", type=float, default=None, help="DP-SGD target epsilon for dp (default 4)")
+    defence.add_argument("--delta", type=float, default=None, help="DP-SGD delta (default: a power of ten below 1/n)")
+    defence.add_argument("--max-grad-norm", type=float, default=None, help="DP-SGD per-example clipping norm (default 1)")
+    from mcmia_helpers.attacks import ATTACKS
+
     run.add_argument("--attacks", default=None,
-                     help="comma-separated attacks to run (default: all the scale affords)")
+                     help=f"comma-separated attacks (default: all the scale affords): {', '.join(ATTACKS)}")
     run.add_argument("--save-scores", type=_writable_file, default=None,
                      help="write per-example attack scores, membership labels and indices to this .npz")
     run.add_argument("--out", type=_writable_file, default=None, help="where the JSON record goes (default: stdout)")

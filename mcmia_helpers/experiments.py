@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 import mcmia_helpers
+from mcmia_helpers.attacks import run_attacks, validate_attack_names
 from mcmia_helpers.data import DatasetBundle, MIASplit, load_dataset, make_split
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import ARCHITECTURES, build_model, count_parameters
@@ -56,6 +57,8 @@ class ExperimentSpec:
             raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
         get_scale(self.scale)
         validate_defense_params(self.defense, self.params)
+        if self.attacks is not None:
+            self.attacks = validate_attack_names(self.attacks)
 
 
 @dataclass
@@ -204,6 +207,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
         "torch_version": torch.__version__,
     }
     record.update(extra)
+    record["attacks"] = run_attacks(ctx, model, spec.attacks, save_scores=save_scores)
     record["history"] = history
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     return record
@@ -222,7 +226,16 @@ def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
     return asdict(spec)
 
 
-from mcmia_helpers import pruning as _pruning  # noqa: E402  (the defences register themselves here)
+from mcmia_helpers import defences as _defences  # noqa: E402  (the defences are registered here)
+from mcmia_helpers import privacy as _privacy  # noqa: E402
+from mcmia_helpers import pruning as _pruning  # noqa: E402
 
-register_defense("prune", _pruning.train_pruned, ("pruning", "sparsity", "sparsity_spec"),
-                 _pruning.validate_pruning_params)
+_PRUNE_PARAMS = ("pruning", "sparsity", "sparsity_spec")
+_MINMAX_PARAMS = ("lam", "k_steps")
+_DP_PARAMS = ("epsilon", "delta", "max_grad_norm")
+register_defense("prune", _pruning.train_pruned, _PRUNE_PARAMS, _pruning.validate_pruning_params)
+register_defense("minmax", _defences.train_minmax, _MINMAX_PARAMS, _defences.validate_minmax_params)
+register_defense("prune+minmax", _defences.train_prune_minmax, _PRUNE_PARAMS + _MINMAX_PARAMS,
+                 lambda p: (_pruning.validate_pruning_params({k: v for k, v in p.items() if k in _PRUNE_PARAMS}),
+                            _defences.validate_minmax_params({k: v for k, v in p.items() if k in _MINMAX_PARAMS})))
+register_defense("dp", _privacy.train_dp_target, _DP_PARAMS, _privacy.validate_dp_params)

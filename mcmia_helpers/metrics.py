@@ -1,0 +1,233 @@
+"""Privacy metrics: turn membership scores into ROC, AUC, advantage and TPR at low FPR (chapter 1).
+
+Conventions used by every attack and metric of the book:
+
+* a *score* is one number per queried example, **higher = more likely a member**;
+* a *label* is 1 for a member (the target trained on it) and 0 for a non-member;
+* a threshold ``t`` predicts "member" for ``score >= t`` (as :func:`sklearn.metrics.roc_curve`).
+
+The paper reports the balanced attack accuracy. Next to it we report what the membership
+inference literature has moved to since Carlini et al. (2022): the ROC AUC, the membership
+advantage ``max(TPR - FPR)`` (Yeom et al. 2018), and the true-positive rate at a low
+false-positive rate (1% and 0.1%), each with a stratified bootstrap 95% interval.
+
+An attack's *accuracy* depends on a threshold. :func:`attack_metrics` takes the threshold the
+attacker chose without the target's membership labels (calibrated on shadow models: "calibrated"),
+or, when none is given, uses the best threshold on the evaluated labels themselves, which no
+real attacker can know ("oracle"; it equals ``0.5 + advantage / 2``). The record says which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as _skm
+
+from mcmia_helpers.errors import UserError
+
+#: The keys of every metrics record (and of its ``ci95`` entry).
+METRIC_KEYS = ("accuracy", "auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")
+
+
+def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise UserError(f"labels ({labels.size}) and scores ({scores.size}) differ in length: "
+                        "pass one score per labelled example")
+    if not np.isin(labels, (0, 1)).all():
+        raise UserError("membership labels must be 0 (non-member) or 1 (member)")
+    if labels.min(initial=1) == labels.max(initial=0):
+        raise UserError("membership metrics need both members (1) and non-members (0) in the labels")
+    if not np.isfinite(scores).all():
+        raise UserError("membership scores contain NaN or infinity: drop the examples the attack "
+                        "did not score before computing metrics")
+    return labels, scores
+
+
+def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` of "member iff score >= threshold", every distinct threshold.
+
+    The first point is ``(0, 0)`` at threshold ``+inf``. Thin wrapper over scikit-learn's
+    ``roc_curve`` with ``drop_intermediate=False``, so that no low-FPR point is dropped (plot
+    it on log axes to see the regime that matters for privacy).
+    """
+    labels, scores = _check(labels, scores)
+    fpr, tpr, thresholds = _skm.roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr, thresholds
+
+
+def auc(labels, scores) -> float:
+    """Area under the ROC curve: the chance that a random member outscores a random non-member
+    (ties count one half). 0.5 is guessing."""
+    labels, scores = _check(labels, scores)
+    return float(_skm.roc_auc_score(labels, scores))
+
+
+def tpr_at_fpr(labels, scores, fpr: float) -> float:
+    """The largest TPR among thresholds whose FPR is at most ``fpr`` (no interpolation).
+
+    Tied scores share one threshold, so a tie between a member and a non-member cannot be split
+    to reach a lower FPR. With ``n`` non-members the achievable FPRs are multiples of ``1/n``: with
+    500 non-members, a target of 0.1% is only met at FPR 0, i.e. the TPR reported is that of the
+    members scored strictly above every non-member. The value is then a conservative (lower)
+    estimate; the bootstrap interval shows how little such a small set can say.
+    """
+    if not 0 <= fpr <= 1:
+        raise UserError(f"fpr must lie in [0, 1] (got {fpr}): e.g. 0.01 for 1%")
+    roc_fpr, roc_tpr, _ = roc_curve(labels, scores)
+    ok = roc_fpr <= fpr + 1e-12
+    return float(roc_tpr[ok].max())
+
+
+def advantage(labels, scores) -> float:
+    """Membership advantage ``max over thresholds of TPR - FPR`` (Yeom et al. 2018), in [0, 1]."""
+    roc_fpr, roc_tpr, _ = roc_curve(labels, scores)
+    return float(np.max(roc_tpr - roc_fpr))
+
+
+def balanced_accuracy(labels, predictions) -> float:
+    """``(TPR + TNR) / 2`` of hard member (1) / non-member (0) predictions: 0.5 is guessing,
+    whatever the ratio of members to non-members."""
+    labels, predictions = _check(labels, predictions)
+    if not np.isin(predictions, (0, 1)).all():
+        raise UserError("predictions must be 0 or 1: threshold the scores first")
+    tpr = predictions[labels == 1].mean()
+    tnr = 1.0 - predictions[labels == 0].mean()
+    return float((tpr + tnr) / 2)
+
+
+def best_threshold(labels, scores) -> float:
+    """The threshold with the highest balanced accuracy on ``labels`` (ties: the highest one).
+
+    Used by attacks on the *attacker's own* labelled data (shadow models), never on the
+    target's membership labels. Returns a finite value: for the ``+inf`` corner (nobody is a
+    member) the largest score plus one.
+    """
+    roc_fpr, roc_tpr, thresholds = roc_curve(labels, scores)
+    best = int(np.argmax(roc_tpr - roc_fpr))
+    t = float(thresholds[best])
+    return t if np.isfinite(t) else float(np.max(scores)) + 1.0
+
+
+# --------------------------------------------------------------------------- vectorised core
+
+
+def _curves(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray):
+    """Weighted ROC points for many weightings at once.
+
+    ``weights`` is ``(B, N)`` (how often each example is in each bootstrap sample). Returns
+    ``tp, fp`` of shape ``(B, G + 1)`` (G distinct scores, descending, with a leading 0 point)
+    and the distinct scores.
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    w = weights[:, order].astype(np.float64)
+    is_member = labels[order] == 1
+    tp = np.cumsum(w * is_member, axis=1)
+    fp = np.cumsum(w * ~is_member, axis=1)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # end of each run of equal scores
+    zeros = np.zeros((w.shape[0], 1))
+    return np.hstack([zeros, tp[:, last]]), np.hstack([zeros, fp[:, last]]), s[last]
+
+
+def _metrics_from_curves(tp, fp, n_pos, n_neg, labels, scores, weights, threshold):
+    tpr = tp / n_pos[:, None]
+    fpr = fp / n_neg[:, None]
+    out = {
+        "auc": np.trapezoid(tpr, fpr, axis=1) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr, axis=1),
+        "advantage": np.max(tpr - fpr, axis=1),
+        "tpr_at_1pct_fpr": np.max(np.where(fpr <= 0.01 + 1e-12, tpr, 0.0), axis=1),
+        "tpr_at_0_1pct_fpr": np.max(np.where(fpr <= 0.001 + 1e-12, tpr, 0.0), axis=1),
+    }
+    if threshold is None:
+        out["accuracy"] = 0.5 + out["advantage"] / 2
+    else:
+        predicted = scores >= threshold
+        tpr_t = (weights * (predicted & (labels == 1))).sum(1) / n_pos
+        tnr_t = (weights * (~predicted & (labels == 0))).sum(1) / n_neg
+        out["accuracy"] = (tpr_t + tnr_t) / 2
+    return out
+
+
+def _stratified_weights(labels: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """``(B, N)`` counts: each row resamples members and non-members with replacement, separately."""
+    n = len(labels)
+    weights = np.zeros((n_bootstrap, n), dtype=np.float64)
+    rows = np.arange(n_bootstrap)[:, None]
+    for cls in (0, 1):
+        pos = np.flatnonzero(labels == cls)
+        draws = pos[rng.integers(0, len(pos), size=(n_bootstrap, len(pos)))]
+        flat = (rows * n + draws).ravel()
+        weights += np.bincount(flat, minlength=n_bootstrap * n).reshape(n_bootstrap, n)
+    return weights
+
+
+def attack_metrics(labels, scores, threshold: float | None = None, n_bootstrap: int = 200,
+                   seed: int = 0) -> dict:
+    """All metrics of one attack, with stratified bootstrap 95% intervals.
+
+    Returns ``{accuracy, auc, advantage, tpr_at_1pct_fpr, tpr_at_0_1pct_fpr, ci95: {key: [lo,
+    hi]}, threshold, threshold_kind, n_members, n_nonmembers, n_bootstrap}``. ``accuracy`` is the
+    balanced accuracy at ``threshold`` ("calibrated": chosen by the attacker without these
+    labels), or at the best threshold on these labels when ``threshold`` is None ("oracle",
+    ``0.5 + advantage / 2``; no real attacker has it). The intervals resample members and
+    non-members separately (so every resample keeps both) and take the 2.5 and 97.5 percentiles;
+    the oracle accuracy is re-optimised in each resample. ``n_bootstrap=0`` skips them.
+    """
+    labels, scores = _check(labels, scores)
+    if threshold is not None and not np.isfinite(threshold):
+        raise UserError(f"threshold {threshold} is not finite: pass a number or None for the oracle")
+    n_pos, n_neg = int(labels.sum()), int((1 - labels).sum())
+    ones = np.ones((1, len(labels)))
+    tp, fp, _ = _curves(scores, labels, ones)
+    point = _metrics_from_curves(tp, fp, np.array([n_pos]), np.array([n_neg]), labels, scores,
+                                 ones, threshold)
+    record: dict = {k: float(point[k][0]) for k in METRIC_KEYS}
+    ci: dict = {}
+    if n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        for start in range(0, n_bootstrap, 50):  # chunks bound the memory at (50, N)
+            b = min(50, n_bootstrap - start)
+            weights = _stratified_weights(labels, b, rng)
+            tp, fp, _ = _curves(scores, labels, weights)
+            chunk = _metrics_from_curves(tp, fp, np.full(b, n_pos), np.full(b, n_neg), labels,
+                                         scores, weights, threshold)
+            for k in METRIC_KEYS:
+                ci.setdefault(k, []).append(chunk[k])
+        ci = {k: [float(v) for v in np.percentile(np.concatenate(ci[k]), [2.5, 97.5])]
+              for k in METRIC_KEYS}
+    record["ci95"] = ci
+    record["threshold"] = None if threshold is None else float(threshold)
+    record["threshold_kind"] = "oracle" if threshold is None else "calibrated"
+    record["n_members"] = n_pos
+    record["n_nonmembers"] = n_neg
+    record["n_bootstrap"] = int(n_bootstrap)
+    return record
+
+
+def per_class_auc(labels, scores, classes) -> dict[int, float]:
+    """AUC of the attack within each true class (classes with both members and non-members)."""
+    labels, scores = _check(labels, scores)
+    classes = np.asarray(classes).ravel()
+    out = {}
+    for c in np.unique(classes):
+        mask = classes == c
+        if 0 < labels[mask].sum() < mask.sum():
+            out[int(c)] = float(_skm.roc_auc_score(labels[mask], scores[mask]))
+    return out
+
+
+def metrics_table(results: dict[str, dict]):
+    """A pandas table of ``{attack: attack_metrics(...)}``: one row per attack, intervals as text."""
+    import pandas as pd
+
+    rows = []
+    for name, m in results.items():
+        row = {"attack": name}
+        for k in METRIC_KEYS:
+            row[k] = m[k]
+            lo_hi = m.get("ci95", {}).get(k)
+            row[f"{k}_ci95"] = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
+        row["threshold"] = m.get("threshold_kind", "")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("attack")

@@ -1,0 +1,245 @@
+"""DP-SGD: epsilon on target, DP defeats the loss attack, every architecture trains, bad input."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus.validators import ModuleValidator
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from mcmia_helpers import experiments
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import ARCHITECTURES, build_model
+from mcmia_helpers.privacy import (check_delta, check_epsilon, default_delta, dp_train_config,
+                                   train_dp, train_dp_target, validate_dp_params)
+from mcmia_helpers.pruning import MaskCallback, apply_masks
+from mcmia_helpers.scales import ArchScale, Scale
+from mcmia_helpers.training import TrainConfig, fit, predict_logits
+
+CPU = torch.device("cpu")
+#: 4 Poisson batches per epoch (sample rate 0.25): the accountant is fast at this rate.
+TINY = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.1, seed=3, amp=False)
+
+
+def _lenet(dp: bool = True, width: float = 0.5) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("lenet5", 10, 1, 28, width=width, dp_compatible=dp)
+
+
+@pytest.mark.parametrize("n,expected", [(100, 1e-3), (256, 1e-4), (500, 1e-4), (60_000, 1e-6)])
+def test_default_delta_is_a_power_of_ten_below_one_over_ten_n(n: int, expected: float) -> None:
+    assert default_delta(n) == expected
+    assert default_delta(n) <= 1 / (10 * n) < 1 / n
+
+
+@pytest.mark.parametrize("target", [4.0, 1.0])
+def test_spent_epsilon_is_within_ten_percent_of_target(fashion, target: float) -> None:
+    members = torch.arange(64)
+    model, info = train_dp(_lenet(), fashion, members, TINY, target_epsilon=target, device=CPU)
+    assert 0.9 * target <= info["epsilon"] <= target * (1 + 1e-9)
+    assert info["delta"] == default_delta(64) == 1e-3
+    assert info["target_epsilon"] == target and info["accountant"] == "rdp"
+    assert info["sample_rate"] == pytest.approx(0.25)
+    assert info["noise_multiplier"] > 0.5
+    spent = [row["epsilon"] for row in info["history"]]
+    assert [row["epoch"] for row in info["history"]] == [0, 1]
+    assert 0 < spent[0] < spent[1] == info["epsilon"]
+    # the memoised per-step accounting agrees with Opacus' own RDP accountant
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(info["noise_multiplier"], info["sample_rate"], 8)]
+    assert info["epsilon"] == pytest.approx(accountant.get_epsilon(info["delta"]), rel=0.02)
+
+
+@pytest.mark.slow
+def test_prv_accountant_also_lands_on_target(fashion) -> None:
+    _, info = train_dp(_lenet(), fashion, torch.arange(64), TINY, target_epsilon=4.0,
+                       accountant="prv", device=CPU)
+    assert info["accountant"] == "prv" and 3.6 <= info["epsilon"] <= 4.0
+
+
+def test_empty_poisson_batches_are_survived(fashion) -> None:
+    """At sample rate 1/32 about one batch in eight is empty: training goes on, weights stay finite."""
+    config = replace(TINY, epochs=1, batch_size=2)
+    model, info = train_dp(_lenet(), fashion, torch.arange(64), config, target_epsilon=8.0,
+                           device=CPU)
+    assert info["sample_rate"] == pytest.approx(1 / 32)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_returned_model_is_plain_and_trained(fashion) -> None:
+    model = _lenet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Opacus' routine warnings are silenced inside
+        trained, info = train_dp(model, fashion, torch.arange(64), TINY, target_epsilon=8.0,
+                                 device=CPU)
+    assert trained is model and type(trained).__name__ == "LeNet5"
+    assert list(trained.state_dict()) == list(before)  # no "_module." prefixes
+    assert not any(hasattr(p, "grad_sample") for p in trained.parameters())
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in trained.state_dict().values())
+
+
+@pytest.mark.slow
+def test_dp_lowers_the_loss_attack_auc(fashion) -> None:
+    """An overfit target leaks membership through its loss; DP at epsilon 1 does not."""
+    members, nonmembers = torch.arange(100), torch.arange(30_000, 30_100)
+    labels = torch.cat([torch.ones(100), torch.zeros(100)])
+
+    def loss_auc(model: nn.Module) -> float:
+        idx = torch.cat([members, nonmembers])
+        losses = F.cross_entropy(predict_logits(model, fashion, idx, device=CPU),
+                                 fashion.labels[idx], reduction="none")
+        return float(roc_auc_score(labels.numpy(), (-losses).numpy()))
+
+    plain = _lenet(dp=False, width=1.0)
+    fit(plain, fashion, members, TrainConfig(epochs=40, batch_size=16, lr=3e-3, seed=0), device=CPU)
+    private, info = train_dp(_lenet(dp=True, width=1.0), fashion, members,
+                             dp_train_config(TrainConfig(epochs=10, seed=0)),
+                             target_epsilon=1.0, device=CPU)
+    assert info["epsilon"] <= 1.0
+    plain_auc, private_auc = loss_auc(plain), loss_auc(private)
+    # measured on five disjoint member sets: plain 0.68-0.78, DP 0.50-0.58, margin >= 0.098
+    assert plain_auc > 0.62  # the undefended target leaks
+    assert private_auc < 0.6
+    assert plain_auc - private_auc > 0.05
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_dp_form_validates_and_trains_one_step(fashion, arch: str) -> None:
+    bundle = fashion if arch == "lenet5" else fashion.as_view(32, 3)
+    width = 0.25 if arch == "mobilenetv2" else 0.125
+    torch.manual_seed(0)
+    model = build_model(arch, 10, bundle.in_channels, bundle.image_size, width, dp_compatible=True)
+    assert ModuleValidator.validate(model, strict=False) == []
+    before = [p.detach().clone() for p in model.parameters()]
+    one_epoch = replace(TINY, epochs=1, batch_size=8)
+    trained, info = train_dp(model, bundle, torch.arange(32), one_epoch, target_epsilon=8.0,
+                             device=CPU, max_physical_batch_size=4)
+    assert info["epsilon"] <= 8.0 and math.isfinite(info["history"][0]["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trained.parameters()))
+
+
+class _CountingMasks(MaskCallback):
+    """The pruning chapter's mask keeper, counting the steps it is called after."""
+
+    steps = 0
+
+    def after_step(self, model: nn.Module) -> None:
+        self.steps += 1
+        super().after_step(model)
+
+
+def test_mask_callback_keeps_pruned_weights_at_zero(fashion) -> None:
+    model = _lenet()
+    mask = torch.rand_like(model.features[0].weight) > 0.5
+    apply_masks(model, {"features.0": mask})
+    keeper = _CountingMasks({"features.0": mask})
+    kept = model.features[0].weight.detach().clone()
+    train_dp(model, fashion, torch.arange(64), TINY, target_epsilon=4.0, device=CPU,
+             mask_callback=keeper, max_physical_batch_size=8)
+    weight = model.features[0].weight.detach()
+    assert keeper.steps == 8  # once per logical batch (2 epochs x 4), not per physical batch
+    assert torch.all(weight[~mask] == 0)
+    assert not torch.equal(weight[mask], kept[mask])
+
+
+class _Interrupt:
+    def __init__(self, at_step: int) -> None:
+        self.at_step, self.steps = at_step, 0
+
+    def after_step(self, model: nn.Module) -> None:
+        self.steps += 1
+        if self.steps == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_killed_run_resumes_to_the_same_weights_and_epsilon(fashion, tmp_path) -> None:
+    config = replace(TINY, epochs=3)
+    members = torch.arange(64)
+    reference, ref_info = train_dp(_lenet(), fashion, members, config, target_epsilon=4.0, device=CPU)
+    checkpoint = tmp_path / "dp.partial.pt"
+    with pytest.raises(KeyboardInterrupt):  # killed in the third epoch (steps 9-12)
+        train_dp(_lenet(), fashion, members, config, target_epsilon=4.0, device=CPU,
+                 checkpoint_path=checkpoint, mask_callback=_Interrupt(10))
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    resumed, info = train_dp(_lenet(), fashion, members, config, target_epsilon=4.0, device=CPU,
+                             checkpoint_path=checkpoint)
+    assert [row["epoch"] for row in info["history"]] == [0, 1, 2]
+    assert info["epsilon"] == ref_info["epsilon"]
+    for a, b in zip(reference.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("epsilon", [-1, 0, float("nan"), float("inf"), "four"])
+def test_bad_epsilon_is_a_one_line_user_error(fashion, epsilon) -> None:
+    with pytest.raises(UserError, match="epsilon .* (must be > 0|must be a finite number|is not a number): use e.g. "
+                                        "--epsilon 4"):
+        train_dp(_lenet(), fashion, torch.arange(64), TINY, target_epsilon=epsilon, device=CPU)
+    with pytest.raises(UserError) as caught:
+        check_epsilon(epsilon)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("delta", [0, -1e-5, 1 / 64, 0.5, "tiny"])
+def test_bad_delta_is_a_one_line_user_error(fashion, delta) -> None:
+    with pytest.raises(UserError, match="delta .*: use e.g. --delta 0.001"):
+        train_dp(_lenet(), fashion, torch.arange(64), TINY, target_epsilon=4.0, delta=delta,
+                 device=CPU)
+    assert check_delta(1e-5, 64) == 1e-5
+
+
+@pytest.mark.parametrize("model,fragment", [
+    (build_model("resnet18", 10, 1, 28, width=0.125), "BatchNorm"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.ReLU(inplace=True)), "in-place"),
+])
+def test_non_dp_model_names_the_fix(fashion, model: nn.Module, fragment: str) -> None:
+    with pytest.raises(UserError, match=f"{fragment}.*build_model\\(..., dp_compatible=True\\)"):
+        train_dp(model, fashion, torch.arange(64), TINY, target_epsilon=4.0, device=CPU)
+
+
+def test_prune_reparametrisation_is_refused(fashion) -> None:
+    model = _lenet()
+    torch.nn.utils.prune.l1_unstructured(model.features[0], "weight", amount=0.5)
+    with pytest.raises(UserError, match="prune.remove"):
+        train_dp(model, fashion, torch.arange(64), TINY, target_epsilon=4.0, device=CPU)
+
+
+def test_validate_dp_params_fills_defaults_and_rejects_bad_values() -> None:
+    assert validate_dp_params({}) == {"epsilon": 4.0, "delta": None, "max_grad_norm": 1.0}
+    assert validate_dp_params({"epsilon": "2", "delta": 1e-5, "sparsity": 0.5}, 500) == {
+        "epsilon": 2.0, "delta": 1e-5, "max_grad_norm": 1.0, "sparsity": 0.5}
+    for bad in ({"epsilon": -1}, {"max_grad_norm": 0}, {"delta": 0.01}, {"delta": 2.0}):
+        with pytest.raises(UserError):
+            validate_dp_params(bad, 500)
+    with pytest.raises(UserError, match="epsilon -1 must be > 0: use e.g. --epsilon 4"):
+        validate_dp_params({"epsilon": -1})
+
+
+def test_dp_defence_records_privacy_and_caches_it(monkeypatch) -> None:
+    tiny = Scale("ci", {"lenet5": ArchScale(n_members=64, epochs=2, width=0.5)})
+    monkeypatch.setattr(experiments, "get_scale", lambda name=None: tiny)
+    monkeypatch.setitem(experiments.DEFENSES, "dp", train_dp_target)
+    monkeypatch.setitem(experiments.DEFENSE_PARAMS, "dp", ("epsilon", "delta", "max_grad_norm"))
+    monkeypatch.setitem(experiments.PARAM_VALIDATORS, "dp", validate_dp_params)
+    with pytest.raises(UserError, match="epsilon -2 must be > 0: use e.g. --epsilon 4"):
+        experiments.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
+                                   params={"epsilon": -2.0}).validate()
+    spec = experiments.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
+                                      params={"epsilon": 2.0, "delta": 1e-4})
+    first = experiments.run_experiment(spec)
+    again = experiments.run_experiment(spec)
+    assert first["cached"] is False and again["cached"] is True
+    for key in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
+        assert first[key] == again[key]
+    assert 1.8 <= first["epsilon"] <= 2.0 and first["delta"] == 1e-4
+    assert first["train_config"]["optimizer"] == "sgd"
+    assert first["train_config"]["batch_size"] == dp_train_config(TrainConfig()).batch_size
