@@ -141,3 +141,13 @@ def run_grid(grid: dict[str, Any], out: str | os.PathLike, *, only: str | None =
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All records of a JSON-lines results file."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def load_or_run(config: str | os.PathLike, results: str | os.PathLike, *,
+                progress: bool = False) -> list[dict[str, Any]]:
+    """The records of grid ``config``: read from ``results`` when it holds every cell, else
+    the missing cells are computed first (so a chapter runs from stored results or from scratch)."""
+    grid = load_grid(config)
+    run_grid(grid, results, progress=progress)
+    wanted = {cell_id(s) for s in expand(grid)}
+    return [r for r in read_records(results) if r.get("cell_id") in wanted]

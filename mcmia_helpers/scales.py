@@ -70,11 +70,11 @@ _TABLE: dict[str, dict[str, ArchScale]] = {
     "book": {
         "lenet5": ArchScale(n_members=2500, epochs=40, width=1.0, batch_size=32, n_shadow_models=4,
                             n_lira_models=16),
-        "vgg16": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+        "vgg16": ArchScale(n_members=500, epochs=10, width=0.25, batch_size=32, n_shadow_models=1,
                            n_lira_models=4),
-        "mobilenetv2": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+        "mobilenetv2": ArchScale(n_members=500, epochs=10, width=0.25, batch_size=32, n_shadow_models=1,
                                  n_lira_models=4),
-        "resnet18": ArchScale(n_members=1000, epochs=12, width=0.25, batch_size=32, n_shadow_models=2,
+        "resnet18": ArchScale(n_members=500, epochs=10, width=0.25, batch_size=32, n_shadow_models=1,
                               n_lira_models=4),
     },
     "paper": {
