@@ -126,8 +126,11 @@ def _run(args: argparse.Namespace) -> int:
                           imagenet_classes=args.imagenet_classes, attacks=attacks)
     spec.validate()
     split_path = args.out.with_suffix(".split.json") if args.out else None
+    from mcmia_helpers.grid import cell_id
+
     record = run_experiment(spec, progress=args.progress, split_path=split_path,
                             save_scores=args.save_scores)
+    record["cell_id"] = cell_id(spec)  # the same id as in a grid, so grid results can include it
     if args.out:
         if split_path is not None:
             record["split_file"] = split_path.name
