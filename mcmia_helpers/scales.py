@@ -68,8 +68,8 @@ _TABLE: dict[str, dict[str, ArchScale]] = {
                               n_lira_models=2),
     },
     "book": {
-        "lenet5": ArchScale(n_members=2500, epochs=40, width=1.0, batch_size=32, n_shadow_models=4,
-                            n_lira_models=16),
+        "lenet5": ArchScale(n_members=1000, epochs=30, width=1.0, batch_size=32, n_shadow_models=2,
+                            n_lira_models=8),
         "vgg16": ArchScale(n_members=500, epochs=10, width=0.25, batch_size=32, n_shadow_models=1,
                            n_lira_models=4),
         "mobilenetv2": ArchScale(n_members=500, epochs=10, width=0.25, batch_size=32, n_shadow_models=1,
