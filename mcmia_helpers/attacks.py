@@ -375,15 +375,19 @@ def lira_scores(target_stat: torch.Tensor, shadow_stats: torch.Tensor, in_mask: 
     if not online:
         return ((x - mu_out) / s_out).numpy()
     mu_in, s_in = gaussian(in_mask)
-    llr = (-((x - mu_in) / s_in) ** 2 / 2 - torch.log(s_in)) - (-((x - mu_out) / s_out) ** 2 / 2 - torch.log(s_out))
-    return llr.numpy()
+
+    def log_density(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return -((x - mean) / std) ** 2 / 2 - torch.log(std)  # the 2 pi terms cancel
+
+    return (log_density(mu_in, s_in) - log_density(mu_out, s_out)).numpy()
 
 
 def lira_threshold(shadow_stats: torch.Tensor, in_mask: torch.Tensor, online: bool,
                    global_variance: bool) -> float | None:
     """Leave-one-out calibration: each shadow model in turn plays the target, scored by the
-    others against its own IN/OUT sets; the best threshold over all of them. ``None`` when the
-    other models cannot score (fewer than 4 shadow models)."""
+    others against its own IN/OUT sets; the best threshold over all of them (scored with N-1
+    models, so an approximation of the threshold for N). ``None`` when the other models cannot
+    score every example (fewer than 4 shadow models): the accuracy is then the oracle's."""
     n_models = shadow_stats.shape[0]
     if n_models < 4:
         return None
@@ -508,8 +512,7 @@ class AttackScores:
         _atomic(path, lambda handle: handle.write(buffer.getvalue()))
 
 
-def _softmax_outputs_of(models: Sequence[nn.Module], ctx: "TargetContext",
-                        indices: torch.Tensor) -> torch.Tensor:
+def _logits_of(models: Sequence[nn.Module], ctx: "TargetContext", indices: torch.Tensor) -> torch.Tensor:
     return predict_logits_many(models, ctx.bundle, indices, device=ctx.device)
 
 
@@ -551,7 +554,7 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
 
     if need_shadow:
         pool = split.shadow_pool
-        pool_logits = _softmax_outputs_of(shadow_models, ctx, pool)  # (S, P, C)
+        pool_logits = _logits_of(shadow_models, ctx, pool)  # (S, P, C)
         pool_labels = bundle.labels[pool]
         flat_logits = pool_logits.flatten(0, 1)
         flat_labels = pool_labels.repeat(len(shadow_models))
@@ -577,18 +580,17 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
 
     if need_lira:
         candidates = lira_candidates(ctx)
-        shadow_logits = _softmax_outputs_of(lira_models, ctx, candidates)  # (N, E, C)
+        to_sorted = torch.argsort(eval_idx)  # candidates == eval_idx[to_sorted]
+        to_eval = torch.argsort(to_sorted).numpy()
+        shadow_logits = _logits_of(lira_models, ctx, candidates)  # (N, E, C)
         cand_labels = bundle.labels[candidates]
         shadow_stats = logit_confidence(shadow_logits, cand_labels.expand(len(lira_models), -1))
-        target_cand = logit_confidence(predict_logits(model, bundle, candidates, device=device),
-                                       cand_labels)
-        position = {int(v): i for i, v in enumerate(candidates.tolist())}
-        order = torch.tensor([position[int(v)] for v in eval_idx.tolist()])
+        target_cand = logit_confidence(target_logits[to_sorted], cand_labels)
         global_var = scale.n_lira_models < 64 if lira_global_variance is None else lira_global_variance
         for name, online in (("lira_online", True), ("lira_offline", False)):
             if name in names:
                 s = lira_scores(target_cand, shadow_stats, lira_in, online, global_var)
-                out.scores[name] = s[order.numpy()]
+                out.scores[name] = s[to_eval]
                 out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
                 variance = "global" if global_var else "per-example"
                 out.notes[name] = (f"{len(lira_models)} shadow models, {variance} variance; threshold "
@@ -599,32 +601,54 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
     return out
 
 
-def _nasr_attack(ctx: "TargetContext", model: nn.Module, target_logits: torch.Tensor,
-                 eval_classes: torch.Tensor) -> tuple[np.ndarray, str]:
-    """Nasr et al.'s inference attack: train on half of the members (known) vs reference
-    non-members from the shadow pool; score the other half of the members and as many
-    non-members. Returns scores over the evaluation order (NaN for unevaluated examples)."""
+@dataclass
+class NasrSets:
+    """Who is who in the Nasr et al. attack, as positions in ``split.members`` / ``split.nonmembers``.
+
+    ``known``: members the attacker knows (half, its training positives); ``held_out``: the other
+    members, evaluated; ``eval_nonmembers``: as many non-members, evaluated; ``reference``: dataset
+    indices from the shadow pool, the attacker's training negatives (never evaluated).
+    """
+
+    known: torch.Tensor
+    held_out: torch.Tensor
+    eval_nonmembers: torch.Tensor
+    reference: torch.Tensor
+
+
+def nasr_sets(ctx: "TargetContext") -> NasrSets:
+    """The seeded, disjoint training and evaluation sets of ``nasr_inference``."""
     split = ctx.split
     n_mem, n_non = len(split.members), len(split.nonmembers)
     gen = torch.Generator().manual_seed(_seed(ctx, 44))
     perm = torch.randperm(n_mem, generator=gen)
     known, held_out = perm[:n_mem // 2], perm[n_mem // 2:]
     n_eval = min(len(held_out), n_non)
-    held_out = held_out[:n_eval]
     eval_non = torch.randperm(n_non, generator=gen)[:n_eval]
     n_ref = min(len(known), len(split.shadow_pool))
     reference = split.shadow_pool[torch.randperm(len(split.shadow_pool), generator=gen)[:n_ref]]
-    ref_logits = predict_logits(model, ctx.bundle, reference, device=ctx.device)
+    return NasrSets(known.sort().values, held_out[:n_eval].sort().values, eval_non.sort().values,
+                    reference.sort().values)
+
+
+def _nasr_attack(ctx: "TargetContext", model: nn.Module, target_logits: torch.Tensor,
+                 eval_classes: torch.Tensor) -> tuple[np.ndarray, str]:
+    """Nasr et al.'s inference attack on the sets of :func:`nasr_sets`. Returns scores in the
+    evaluation order (members, then non-members), NaN for examples not evaluated, and a note."""
+    sets = nasr_sets(ctx)
+    n_mem = len(ctx.split.members)
+    ref_logits = predict_logits(model, ctx.bundle, sets.reference, device=ctx.device)
     probs = F.softmax(target_logits.float(), dim=-1)
-    net = train_inference_model(probs[known], eval_classes[known],
-                                F.softmax(ref_logits.float(), dim=-1), ctx.bundle.labels[reference],
+    net = train_inference_model(probs[sets.known], eval_classes[sets.known],
+                                F.softmax(ref_logits.float(), dim=-1), ctx.bundle.labels[sets.reference],
                                 seed=_seed(ctx, 45))
     all_scores = inference_scores(net, target_logits, eval_classes)
-    scores = np.full(n_mem + n_non, np.nan)
-    scores[held_out.numpy()] = all_scores[held_out.numpy()]
-    scores[n_mem + eval_non.numpy()] = all_scores[n_mem + eval_non.numpy()]
-    note = (f"trained on {len(known)} known members vs {n_ref} reference non-members (shadow pool); "
-            f"evaluated on the other {n_eval} members vs {n_eval} non-members")
+    scores = np.full(len(all_scores), np.nan)
+    evaluated = torch.cat([sets.held_out, n_mem + sets.eval_nonmembers]).numpy()
+    scores[evaluated] = all_scores[evaluated]
+    note = (f"trained on {len(sets.known)} known members vs {len(sets.reference)} reference "
+            f"non-members (shadow pool); evaluated on the other {len(sets.held_out)} members vs "
+            f"{len(sets.eval_nonmembers)} non-members")
     return scores, note
 
 

@@ -20,7 +20,6 @@ real attacker can know ("oracle"; it equals ``0.5 + advantage / 2``). The record
 from __future__ import annotations
 
 import numpy as np
-from sklearn import metrics as _skm
 
 from mcmia_helpers.errors import UserError
 
@@ -45,22 +44,23 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fpr, tpr, thresholds)`` of "member iff score >= threshold", every distinct threshold.
+    """``(fpr, tpr, thresholds)`` of "member iff score >= threshold", at every distinct score.
 
-    The first point is ``(0, 0)`` at threshold ``+inf``. Thin wrapper over scikit-learn's
-    ``roc_curve`` with ``drop_intermediate=False``, so that no low-FPR point is dropped (plot
-    it on log axes to see the regime that matters for privacy).
+    The first point is ``(0, 0)`` at threshold ``+inf``; thresholds decrease. The same points
+    as scikit-learn's ``roc_curve(..., drop_intermediate=False)``: no low-FPR point is dropped
+    (plot it on log axes to see the regime that matters for privacy).
     """
     labels, scores = _check(labels, scores)
-    fpr, tpr, thresholds = _skm.roc_curve(labels, scores, drop_intermediate=False)
-    return fpr, tpr, thresholds
+    tp, fp, distinct = _curves(scores, labels, np.ones((1, len(labels))))
+    thresholds = np.r_[np.inf, distinct]
+    return fp[0] / (labels == 0).sum(), tp[0] / labels.sum(), thresholds
 
 
 def auc(labels, scores) -> float:
     """Area under the ROC curve: the chance that a random member outscores a random non-member
     (ties count one half). 0.5 is guessing."""
-    labels, scores = _check(labels, scores)
-    return float(_skm.roc_auc_score(labels, scores))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(_trapezoid(tpr, fpr))
 
 
 def tpr_at_fpr(labels, scores, fpr: float) -> float:
@@ -112,6 +112,11 @@ def best_threshold(labels, scores) -> float:
 # --------------------------------------------------------------------------- vectorised core
 
 
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Trapezoid rule along the last axis (``np.trapezoid`` is NumPy >= 2 only)."""
+    return np.sum((x[..., 1:] - x[..., :-1]) * (y[..., 1:] + y[..., :-1]) / 2, axis=-1)
+
+
 def _curves(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray):
     """Weighted ROC points for many weightings at once.
 
@@ -134,7 +139,7 @@ def _metrics_from_curves(tp, fp, n_pos, n_neg, labels, scores, weights, threshol
     tpr = tp / n_pos[:, None]
     fpr = fp / n_neg[:, None]
     out = {
-        "auc": np.trapezoid(tpr, fpr, axis=1) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr, axis=1),
+        "auc": _trapezoid(tpr, fpr),
         "advantage": np.max(tpr - fpr, axis=1),
         "tpr_at_1pct_fpr": np.max(np.where(fpr <= 0.01 + 1e-12, tpr, 0.0), axis=1),
         "tpr_at_0_1pct_fpr": np.max(np.where(fpr <= 0.001 + 1e-12, tpr, 0.0), axis=1),
@@ -213,7 +218,7 @@ def per_class_auc(labels, scores, classes) -> dict[int, float]:
     for c in np.unique(classes):
         mask = classes == c
         if 0 < labels[mask].sum() < mask.sum():
-            out[int(c)] = float(_skm.roc_auc_score(labels[mask], scores[mask]))
+            out[int(c)] = auc(labels[mask], scores[mask])
     return out
 
 

@@ -76,6 +76,7 @@ RDP_ALPHAS: tuple[float, ...] = (
     (1.1, 1.25, 1.5, 1.75) + tuple(2 + x / 4 for x in range(8)) + tuple(4 + x / 2 for x in range(14))
     + tuple(range(11, 64)) + (64, 80, 96, 128, 192, 256, 512, 1024))
 _MAX_SIGMA = 1e6  # as Opacus: more noise than this means the budget is too small to train
+_MIN_SIGMA = 1e-2  # less noise than this is no longer worth searching for
 
 #: Defaults of the ``dp`` defence's parameters (``--epsilon``, ``--delta``, ``--max-grad-norm``).
 DEFAULT_EPSILON = 4.0
@@ -248,6 +249,9 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     accountant evaluations where bisection needs fifteen, each up to a second on a small CPU.
     Opacus' own search is used for other accountants. Memoised.
     """
+    if steps < 1:
+        raise UserError(f"cannot calibrate noise for {steps} steps: train for at least one epoch")
+
     def budget_too_low() -> UserError:
         return UserError(f"epsilon {target_epsilon} is too small for {steps} steps at sample "
                          f"rate {sample_rate:.3g}: use a larger --epsilon")
@@ -279,6 +283,8 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
     g_lo = gap(lo) if lo != hi else g_hi
     while g_lo <= 0:  # within budget at sigma = 1: halve until over budget
         hi, g_hi = lo, g_lo
+        if hi < math.log(_MIN_SIGMA):
+            return float(math.exp(hi))  # a budget so large that almost no noise spends it
         lo -= math.log(2.0)
         g_lo = gap(lo)
     side = 0
@@ -373,6 +379,8 @@ def train_dp(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, con
     if batch_size < 1 or max_physical_batch_size < 1:
         raise UserError(f"batch sizes must be positive (got {batch_size} and "
                         f"{max_physical_batch_size}): use e.g. 128")
+    if config.epochs < 1:
+        raise UserError(f"epochs must be at least 1 (got {config.epochs})")
     if config.augment:
         raise UserError("augmentation is not supported under DP-SGD here: use augment=False "
                         "(see dp_train_config)")

@@ -52,7 +52,7 @@ import numbers
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 from torch import nn
@@ -598,8 +598,16 @@ def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
+def train_pruned(ctx, *, params: Mapping[str, Any] | None = None,
+                 dense: Callable[[], tuple[nn.Module, dict[str, Any]]] | None = None,
+                 callback_extra: Callable[[], TrainingCallback] | None = None,
+                 cache_extra: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The ``prune`` defence: prune the undefended target (``ctx.spec.params``) and report it.
+
+    Combined defences reuse it (``prune+minmax``): ``params`` replaces ``ctx.spec.params``
+    (pruning keys only), ``dense()`` gives the starting model and its info (default: the
+    ``none`` defence's), a fresh ``callback_extra()`` joins the ADMM W-steps and the masked
+    retraining (see :func:`prune_model`), and ``cache_extra`` extends the cache key.
 
     The dense model is the ``none`` defence's (same cache entry, trained once); the pruned
     model is cached under the full configuration. ``sparsity`` is the overall target on the
@@ -613,7 +621,7 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
     """
     from mcmia_helpers import experiments  # not at import time: experiments registers us
 
-    params = validate_pruning_params(ctx.spec.params)
+    params = validate_pruning_params(ctx.spec.params if params is None else params)
     method = params["pruning"]
     probe = ctx.build()
     if params["sparsity_spec"] is not None:
@@ -627,8 +635,11 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
     overall = (params["sparsity"] if params["sparsity_spec"] is None else
                sum(sizes[n] * s for n, s in targets.items()) / sum(sizes.values()))
 
-    dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
-    dense, dense_info = experiments.DEFENSES["none"](dense_ctx)
+    if dense is None:
+        dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
+        dense_model, dense_info = experiments.DEFENSES["none"](dense_ctx)
+    else:
+        dense_model, dense_info = dense()
     epochs = max(1, ctx.train_config.epochs // 2)
     settings = ADMMSettings()
     normalised = replace(ctx, spec=replace(ctx.spec, params=params))  # same key, however spelled
@@ -636,15 +647,16 @@ def train_pruned(ctx) -> tuple[nn.Module, dict[str, Any]]:
     config = normalised.cache_config(pruning=method, sparsity_targets=key_targets,
                                      admm_epochs=epochs, retrain_epochs=epochs,
                                      admm=settings.to_dict(), iterative_rounds=3,
-                                     pruning_version=PRUNING_VERSION)
+                                     pruning_version=PRUNING_VERSION, **(cache_extra or {}))
     def train(model: nn.Module, checkpoint: Path) -> list[dict]:
         _, _, info = prune_model(model, ctx.bundle, ctx.split.members, ctx.train_config, method,
                                  sparsity, admm_epochs=epochs, retrain_epochs=epochs,
+                                 callback_extra=callback_extra() if callback_extra else None,
                                  device=ctx.device, progress=ctx.progress, admm=settings,
                                  checkpoint_path=checkpoint)
         return info["history"]
 
-    model, cache_info = load_or_train(config, lambda: copy.deepcopy(dense), train)
+    model, cache_info = load_or_train(config, lambda: copy.deepcopy(dense_model), train)
     report = compression_report(model, (ctx.bundle.in_channels, ctx.bundle.image_size,
                                         ctx.bundle.image_size))
     extra = {key: report[key] for key in (

@@ -12,28 +12,32 @@ in the channel dimension, and each layer runs once for all models:
 * a linear layer becomes one batched matrix product (``baddbmm``);
 * BatchNorm and GroupNorm normalise per channel or per channel group, so one call over the
   ``M x C`` channels is exactly ``M`` independent normalisations, running statistics included;
-* ReLU, pooling and flattening act per channel anyway.
+* ReLU, pooling and flattening act per channel anyway; residual blocks add per channel.
 
 ``torch.func.vmap`` over ``functional_call`` computes the same thing, but on the CPU its
-batching rule for convolutions is slower than training the models one by one (grouped
-convolutions in the default NCHW layout, plus layout copies); the explicit grouped form above is
-what makes batching pay off (see ``benchmarks/shadow_training.py``).
+batching rule for convolutions (grouped convolutions in NCHW layout, plus layout copies) was
+about twice as slow as training the models one by one on a 2-core CPU; the explicit grouped form
+in channels-last layout is what makes batching pay off (``benchmarks/shadow_training.py``).
 
 The loss is the *sum* of the models' mean cross-entropies, so each model's slice of the stacked
 gradient is exactly its own gradient, and one Adam or SGD optimiser on the stacked tensors is
-``M`` independent optimisers (both are elementwise). Each model ``i`` is initialised with
-``torch.manual_seed(seeds[i])`` and trained with ``dataclasses.replace(config,
-seed=seeds[i])``: the same shuffles as :func:`~mcmia_helpers.training.fit` (one
-``torch.Generator`` per model, seeded ``seed * 100_003 + epoch``), so batched and sequential
-training (:func:`train_models_sequential`) give the same models up to float rounding.
+``M`` independent optimisers (both are elementwise, weight decay included). Each model ``i``
+is initialised under ``torch.manual_seed(seeds[i])`` and trained with
+``dataclasses.replace(config, seed=seeds[i])``: the same shuffles as
+:func:`~mcmia_helpers.training.fit` (one ``torch.Generator`` per model, seeded
+``seed * 100_003 + epoch``, which also drives augmentation), so batched and sequential training
+(:func:`train_models_sequential`) give the same models up to float rounding (in float64 the
+forward pass, gradients and BatchNorm statistics agree to 1e-14; in float32 rounding differences
+grow slowly over many Adam steps, as between any two convolution kernels).
 
-Supported in the grouped form: models whose forward applies their layers in registration
-order (``nn.Sequential`` containers, like LeNet-5 and the small VGG16) built from ``Conv2d``,
-``Linear``, ``BatchNorm2d``, ``GroupNorm``, ``ReLU``/``ReLU6``, ``MaxPool2d``, ``AvgPool2d``,
-``AdaptiveAvgPool2d``, ``Flatten`` and ``Identity``. This is checked numerically against the
-model's own forward; any other model (residual blocks in ResNet18 and MobileNetV2, dropout)
-falls back to sequential training with :func:`~mcmia_helpers.training.fit`, with the same
-results, only slower.
+Supported in the grouped form: LeNet-5 and the small-image VGG16, MobileNetV2 and ResNet18
+(with BatchNorm or GroupNorm), i.e. models whose forward applies their children in order, built
+from ``Conv2d``, ``Linear``, ``BatchNorm2d``, ``GroupNorm``, ``ReLU``/``ReLU6``, pooling,
+``Flatten``, ``Identity`` and the residual blocks of :mod:`mcmia_helpers.models`. Support is
+checked numerically against the model's own forward; anything else (dropout, torchvision's
+ImageNet models, a custom forward) falls back to sequential ``fit``, with the same results.
+On a 2-core CPU batching gains most for LeNet-5; for MobileNetV2 and ResNet18 the grouped and
+sequential paths cost about the same there, and batching pays off on a GPU.
 
 Trained shadow models are cached like targets: :func:`load_or_train_models` keys each model by
 its configuration, seed and training indices, and trains only the missing ones (together).
@@ -96,7 +100,8 @@ def _plan(module: nn.Module, prefix: str = "", top: bool = True) -> _Node | None
         if body is None or shortcut is None:
             return None
         if isinstance(module, BasicBlock):
-            return _Node("basic", prefix, module, [body, shortcut, _Node("leaf", prefix + "relu.", module.relu)])
+            relu = _Node("leaf", prefix + "relu.", module.relu)
+            return _Node("basic", prefix, module, [body, shortcut, relu])
         return _Node("inverted", prefix, module, [body, shortcut])
     if not named or not (top or isinstance(module, nn.Sequential)):
         return None  # an unknown leaf, or a block with a forward of its own
@@ -143,6 +148,12 @@ class GroupedNet:
             return None
         net = cls(plan)
         probe = copy.deepcopy(template).eval().float()
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # non-trivial running statistics, so that eval-mode BN is checked too
+            for m in probe.modules():
+                if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
+                    m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
+                    m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
         params, buffers = stack_states([probe])
         try:
             with torch.no_grad():
@@ -267,8 +278,8 @@ def unstack_into(models: Sequence[nn.Module], params: dict[str, torch.Tensor],
 
 def grouped_net_for(model: nn.Module, bundle: DatasetBundle) -> GroupedNet | None:
     """The grouped executor for ``model``'s architecture on ``bundle``'s images, if supported."""
-    torch.manual_seed(0)
-    example = torch.randn(2, bundle.in_channels, bundle.image_size, bundle.image_size)
+    example = torch.randn(2, bundle.in_channels, bundle.image_size, bundle.image_size,
+                          generator=torch.Generator().manual_seed(0))
     return GroupedNet.try_build(copy.deepcopy(model).cpu().float(), example)
 
 
@@ -416,11 +427,13 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
 
 @torch.no_grad()
 def predict_logits_many(models: Sequence[nn.Module], bundle: DatasetBundle, indices: torch.Tensor,
-                        *, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+                        *, batch_size: int = 512, device: torch.device | None = None,
+                        max_group: int = 32) -> torch.Tensor:
     """Logits of every model on the same ``indices``: a float32 CPU tensor ``(M, N, K)``.
 
-    Models of a supported architecture run together as one grouped network in eval mode; any
-    other architecture runs model by model through :func:`~mcmia_helpers.training.predict_logits`.
+    Models of a supported architecture run together (``max_group`` at a time) as one grouped
+    network in eval mode; any other architecture runs model by model through
+    :func:`~mcmia_helpers.training.predict_logits`.
     """
     indices = torch.as_tensor(indices, dtype=torch.long)
     if not models:
@@ -430,15 +443,19 @@ def predict_logits_many(models: Sequence[nn.Module], bundle: DatasetBundle, indi
     if net is None:
         return torch.stack([predict_logits(m.to(device), bundle, indices, batch_size, device)
                             for m in models])
-    params, buffers = stack_states([m.float() for m in models])
-    params = {k: v.detach().to(device) for k, v in params.items()}
-    buffers = {k: v.to(device) for k, v in buffers.items()}
-    out = []
-    for start in range(0, len(indices), batch_size):
-        x, _ = bundle.batch(indices[start:start + batch_size])
-        with _autocast(device, True):
-            out.append(net.forward(params, buffers, x.to(device), training=False).float().cpu())
-    return torch.cat(out, dim=1) if out else torch.empty(len(models), 0, bundle.num_classes)
+    groups, step = [], max(1, max_group)
+    for start in range(0, len(models), step):
+        chunk = [m.float() for m in models[start:start + step]]
+        params, buffers = stack_states(chunk)
+        params = {k: v.detach().to(device) for k, v in params.items()}
+        buffers = {k: v.to(device) for k, v in buffers.items()}
+        out = []
+        for first in range(0, len(indices), batch_size):
+            x, _ = bundle.batch(indices[first:first + batch_size])
+            with _autocast(device, True):
+                out.append(net.forward(params, buffers, x.to(device), training=False).float().cpu())
+        groups.append(torch.cat(out, dim=1) if out else torch.empty(len(chunk), 0, bundle.num_classes))
+    return torch.cat(groups)
 
 
 # --------------------------------------------------------------------------- cache

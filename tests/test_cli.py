@@ -12,7 +12,7 @@ import pytest
 
 from mcmia_helpers.cli import main
 
-RUN = ["run", "--arch", "lenet5", "--dataset", "fashion-mnist", "--scale", "ci"]
+RUN = ["run", "--arch", "lenet5", "--dataset", "fashion-mnist", "--scale", "ci", "--attacks", "loss"]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -66,8 +66,10 @@ def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch) -> None:
                 "params_total", "params_nonzero", "wall_time_s", "package_version"):
         assert key in a, key
     assert a["dataset_used"] == "fashion-mnist" and a["params_total"] == 61_706
-    for key in ("train_acc", "test_acc", "member_acc", "nonmember_acc", "split_digest"):
+    for key in ("train_acc", "test_acc", "member_acc", "nonmember_acc", "split_digest", "attacks"):
         assert a[key] == b[key], key
+    assert set(a["attacks"]["loss"]) >= {"accuracy", "auc", "advantage", "tpr_at_1pct_fpr",
+                                         "tpr_at_0_1pct_fpr", "ci95"}
 
 
 @pytest.mark.slow
@@ -75,7 +77,7 @@ def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch) -> None:
 def test_cifar_architectures_run_on_the_32x32_standin(arch, tmp_path) -> None:
     out = tmp_path / "r.json"
     assert main(["run", "--arch", arch, "--dataset", "cifar10", "--standin", "fashion-mnist",
-                 "--scale", "ci", "--out", str(out)]) == 0
+                 "--scale", "ci", "--attacks", "loss,confidence", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["dataset_requested"] == "cifar10" and record["dataset_used"] == "fashion-mnist"
     assert record["dataset_standin"] is True and "STAND-IN" in record["dataset_description"]

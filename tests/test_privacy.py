@@ -66,7 +66,7 @@ def test_prv_accountant_also_lands_on_target(fashion) -> None:
 
 
 def test_empty_poisson_batches_are_survived(fashion) -> None:
-    """At sample rate 1/32 about one batch in eight is empty: training goes on, weights stay finite."""
+    """At sample rate 1/32 about one batch in eight is empty (four here): training goes on."""
     config = replace(TINY, epochs=1, batch_size=2)
     model, info = train_dp(_lenet(), fashion, torch.arange(64), config, target_epsilon=8.0,
                            device=CPU)
@@ -181,8 +181,8 @@ def test_killed_run_resumes_to_the_same_weights_and_epsilon(fashion, tmp_path) -
 
 @pytest.mark.parametrize("epsilon", [-1, 0, float("nan"), float("inf"), "four"])
 def test_bad_epsilon_is_a_one_line_user_error(fashion, epsilon) -> None:
-    with pytest.raises(UserError, match="epsilon .* (must be > 0|must be a finite number|is not a number): use e.g. "
-                                        "--epsilon 4"):
+    fragment = "epsilon .* (must be > 0|must be a finite number|is not a number): use e.g. --epsilon 4"
+    with pytest.raises(UserError, match=fragment):
         train_dp(_lenet(), fashion, torch.arange(64), TINY, target_epsilon=epsilon, device=CPU)
     with pytest.raises(UserError) as caught:
         check_epsilon(epsilon)

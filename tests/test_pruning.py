@@ -268,11 +268,10 @@ def test_validate_pruning_params() -> None:
 def test_train_pruned_reuses_dense_and_caches(fashion) -> None:
     from mcmia_helpers import experiments
 
-    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="none",
+    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
                                       params={"pruning": "admm", "sparsity": 0.8})
     ctx = experiments.prepare(spec)
-    ctx = replace(ctx, spec=replace(ctx.spec, defense="prune"),
-                  train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
+    ctx = replace(ctx, train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
     model, extra = P.train_pruned(ctx)
     json.dumps(extra)  # goes into the JSON record as is
     assert extra["pruning"] == "admm" and extra["sparsity"] == 0.8

@@ -1,0 +1,244 @@
+"""Tests for mcmia_helpers.attacks: scores, inference model, LiRA, calibration, end to end."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mcmia_helpers.attacks import (ATTACKS, THREAT_MODELS, InferenceModel, calibrate_threshold,
+                                   compute_attack_scores, confidence_score, default_attacks,
+                                   entropy_score, lira_in_out_sets, lira_scores, logit_confidence,
+                                   loss_score, modified_entropy_score, nasr_sets, run_attacks,
+                                   train_inference_model, validate_attack_names, correctness_score)
+from mcmia_helpers.data import MIASplit, load_dataset, make_split
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.experiments import ExperimentSpec, TargetContext
+from mcmia_helpers.metrics import METRIC_KEYS, auc
+from mcmia_helpers.scales import get_scale, split_sizes
+from mcmia_helpers.training import TrainConfig, fit
+
+# --------------------------------------------------------------------------- scores
+
+
+def test_metric_scores_by_formula() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [5.0, -5.0, 0.0]])
+    labels = torch.tensor([0, 2, 1])
+    p = F.softmax(logits.double(), -1)
+    np.testing.assert_allclose(loss_score(logits, labels),
+                               -F.cross_entropy(logits.double(), labels, reduction="none").numpy())
+    np.testing.assert_allclose(confidence_score(logits), np.log(p.max(-1).values.numpy()))
+    np.testing.assert_allclose(entropy_score(logits), (p * p.log()).sum(-1).numpy())
+    mentr = []
+    for row, y in zip(p.numpy(), labels.tolist()):
+        value = -(1 - row[y]) * np.log(row[y])
+        value -= sum(row[i] * np.log(1 - row[i]) for i in range(3) if i != y)
+        mentr.append(-value)
+    np.testing.assert_allclose(modified_entropy_score(logits, labels), mentr)
+    np.testing.assert_array_equal(correctness_score(logits, labels), [1.0, 1.0, 0.0])
+
+
+def test_logit_confidence_is_stable() -> None:
+    logits = torch.tensor([[1.0, 0.0, -1.0], [60.0, 0.0, 0.0], [-60.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 0, 0])
+    stat = logit_confidence(logits, labels)
+    p = F.softmax(logits[0].double(), -1)[0]
+    assert stat[0] == pytest.approx(math.log(p / (1 - p)))
+    assert stat[1] == pytest.approx(60.0 - math.log(2.0))  # p rounds to 1 in float, the logit does not
+    assert stat[2] == pytest.approx(-60.0 - math.log(2.0))
+    assert torch.isfinite(stat).all()
+
+
+# --------------------------------------------------------------------------- inference model
+
+
+def _toy_posteriors(n: int, member: bool, gen: torch.Generator, num_classes: int = 5):
+    labels = torch.randint(0, num_classes, (n,), generator=gen)
+    logits = torch.randn(n, num_classes, generator=gen)
+    logits[torch.arange(n), labels] += 4.0 if member else 1.0
+    return F.softmax(logits, -1), labels
+
+
+def test_inference_model_interface_and_learning() -> None:
+    net = InferenceModel(num_classes=5, hidden=16)
+    probs = torch.rand(4, 5, requires_grad=True)
+    out = net(probs.softmax(-1), F.one_hot(torch.tensor([0, 1, 2, 3]), 5).float())
+    assert out.shape == (4,)
+    out.sum().backward()
+    assert probs.grad is not None and torch.isfinite(probs.grad).all()  # the Min-Max game needs this
+
+    gen = torch.Generator().manual_seed(0)
+    pm, ym = _toy_posteriors(300, True, gen)
+    pn, yn = _toy_posteriors(300, False, gen)
+    net = train_inference_model(pm, ym, pn, yn, epochs=20, seed=0)
+    assert not net.training
+    tm, tym = _toy_posteriors(200, True, gen)
+    tn, tyn = _toy_posteriors(200, False, gen)
+    with torch.no_grad():
+        scores = torch.cat([net(tm, F.one_hot(tym, 5).float()), net(tn, F.one_hot(tyn, 5).float())])
+    labels = np.r_[np.ones(200), np.zeros(200)].astype(int)
+    assert auc(labels, scores.numpy()) > 0.9
+    with pytest.raises(UserError):
+        InferenceModel(num_classes=1)
+
+
+# --------------------------------------------------------------------------- LiRA
+
+
+@pytest.mark.parametrize("n_models", [2, 4, 8])
+def test_lira_halves_balanced(n_models: int) -> None:
+    keep = lira_in_out_sets(100, n_models, seed=0)
+    assert keep.shape == (n_models, 100)
+    assert (keep.sum(1) == 50).all()  # every model trains on as many examples as the target
+    assert (keep.sum(0) == n_models // 2).all()  # every example is IN for half of the models
+    assert (keep[0] ^ keep[1]).all()  # pairs are complementary
+    assert torch.equal(keep, lira_in_out_sets(100, n_models, seed=0))
+    assert not torch.equal(keep, lira_in_out_sets(100, n_models, seed=1))
+
+
+def test_lira_scores_separate_synthetic_in_and_out() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n_models, n_examples = 16, 400
+    difficulty = torch.randn(n_examples, generator=gen) * 3  # per-example offsets LiRA must remove
+    in_mask = lira_in_out_sets(n_examples, n_models, seed=1)
+    shadow = difficulty + 1.5 * in_mask.double() + 0.5 * torch.randn(n_models, n_examples, generator=gen)
+    is_member = torch.arange(n_examples) % 2 == 0
+    target = difficulty + 1.5 * is_member.double() + 0.5 * torch.randn(n_examples, generator=gen)
+    labels = is_member.numpy().astype(int)
+    for online in (True, False):
+        for global_variance in (True, False):
+            scores = lira_scores(target, shadow, in_mask, online, global_variance)
+            assert np.isfinite(scores).all()
+            assert auc(labels, scores) > 0.9
+    # the raw statistic, without the per-example calibration, is much weaker
+    assert auc(labels, target.numpy()) < 0.7
+
+
+def test_lira_scores_nan_without_observations() -> None:
+    in_mask = torch.tensor([[True, True], [True, False]])
+    shadow = torch.tensor([[1.0, 2.0], [1.5, 0.0]])
+    offline = lira_scores(torch.tensor([1.0, 1.0]), shadow, in_mask, online=False)
+    assert np.isnan(offline[0]) and np.isfinite(offline[1])
+
+
+def test_calibrate_threshold_picks_the_separating_score() -> None:
+    scores = np.array([0.1, 0.2, 0.35, 0.8])
+    is_in = np.array([0, 0, 1, 1])  # 0.35 separates them: TPR 1 at FPR 0
+    assert calibrate_threshold(scores, is_in) == pytest.approx(0.35)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_attack_names() -> None:
+    assert validate_attack_names("loss, lira_online") == ("loss", "lira_online")
+    assert validate_attack_names(None) == ATTACKS
+    with pytest.raises(UserError, match="unknown attack.*'lira'.*choose from"):
+        validate_attack_names("loss,lira")
+    with pytest.raises(UserError, match="no attack"):
+        validate_attack_names(" , ")
+    assert set(THREAT_MODELS) == set(ATTACKS)
+    lenet = get_scale("ci").for_arch("lenet5")
+    assert default_attacks(lenet) == ATTACKS
+    no_lira = default_attacks(replace(lenet, n_lira_models=1))
+    assert "lira_online" not in no_lira and "loss" in no_lira
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def overfit_target(tmp_path_factory):
+    """An overfit LeNet-5: 100 members, 40 epochs (Fashion-MNIST, or the digits where it is missing)."""
+    bundle = load_dataset("fashion-mnist", standin="digits", download=False)
+    scale = replace(get_scale("ci").for_arch("lenet5"), n_members=100, epochs=40, batch_size=16,
+                    n_shadow_models=2, n_lira_models=4)
+    split = make_split(len(bundle), split_sizes(100), seed=0, dataset=bundle.name_used)
+    config = TrainConfig(epochs=40, batch_size=16, seed=0)
+    spec = ExperimentSpec(arch="lenet5", dataset="fashion-mnist", scale="ci", seed=0)
+    ctx = TargetContext(spec, scale, bundle, split, config, torch.device("cpu"))
+    model = ctx.build()
+    fit(model, bundle, split.members, config, device=ctx.device)
+    cache = tmp_path_factory.mktemp("shadow-cache")
+    scores = compute_attack_scores(ctx, model, cache=cache)
+    return ctx, model, cache, scores
+
+
+@pytest.mark.slow
+def test_overfit_target_leaks_through_the_loss(overfit_target) -> None:
+    ctx, _, _, scores = overfit_target
+    metrics = scores.metrics(n_bootstrap=200)
+    assert metrics["loss"]["auc"] > 0.6
+    assert metrics["loss"]["ci95"]["auc"][0] > 0.5
+    assert metrics["lira_online"]["auc"] > 0.6
+    for name in ATTACKS:
+        assert set(METRIC_KEYS) <= set(metrics[name])
+        assert metrics[name]["threshold_kind"] == "calibrated"  # 4 LiRA models: leave-one-out works
+
+
+@pytest.mark.slow
+def test_calibration_never_touches_target_membership(overfit_target) -> None:
+    """Re-draw which candidates are members (same target model, same candidates): every attack
+    whose threat model excludes membership knowledge must produce the same score for every
+    example and the same threshold. Only nasr_inference, which knows half of the members, may change."""
+    ctx, model, cache, scores = overfit_target
+    union = torch.cat([ctx.split.members, ctx.split.nonmembers])
+    perm = torch.randperm(len(union), generator=torch.Generator().manual_seed(123))
+    n = len(ctx.split.members)
+    relabelled = MIASplit(union[perm[:n]].sort().values, union[perm[n:]].sort().values,
+                          ctx.split.shadow_pool, ctx.split.reference, ctx.split.test,
+                          ctx.split.seed, ctx.split.dataset)
+    other = compute_attack_scores(replace(ctx, split=relabelled), model, cache=cache)
+    by_index = {int(i): k for k, i in enumerate(scores.indices)}
+    where = np.array([by_index[int(i)] for i in other.indices])
+    assert not np.array_equal(scores.labels[where], other.labels)  # the labels did change
+    for name in ATTACKS:
+        if name == "nasr_inference":
+            continue
+        np.testing.assert_array_equal(other.scores[name], scores.scores[name][where], err_msg=name)
+        assert other.thresholds[name] == scores.thresholds[name], name
+
+
+@pytest.mark.slow
+def test_nasr_evaluates_only_held_out_members(overfit_target) -> None:
+    ctx, _, _, scores = overfit_target
+    sets = nasr_sets(ctx)
+    n = len(ctx.split.members)
+    assert len(set(sets.known.tolist()) & set(sets.held_out.tolist())) == 0
+    assert len(sets.held_out) == len(sets.eval_nonmembers) == n // 2
+    assert set(sets.reference.tolist()) <= set(ctx.split.shadow_pool.tolist())
+    evaluated = scores.evaluated("nasr_inference")
+    assert not evaluated[sets.known.numpy()].any()
+    assert evaluated[sets.held_out.numpy()].all()
+    assert evaluated[n + sets.eval_nonmembers.numpy()].all()
+    assert evaluated.sum() == n  # n/2 members + n/2 non-members
+    record = scores.metrics(n_bootstrap=0)["nasr_inference"]
+    assert record["n_members"] == record["n_nonmembers"] == n // 2
+    assert "other 50 members" in record["note"]
+
+
+@pytest.mark.slow
+def test_run_attacks_record_and_saved_scores(overfit_target, tmp_path) -> None:
+    ctx, model, cache, _ = overfit_target
+    path = tmp_path / "scores.npz"
+    results = run_attacks(ctx, model, "loss,lira_offline,nasr_inference", save_scores=path,
+                          n_bootstrap=20, cache=cache)
+    assert list(results) == ["loss", "lira_offline", "nasr_inference"]
+    for record in results.values():
+        assert set(METRIC_KEYS) <= set(record) and set(record["ci95"]) == set(METRIC_KEYS)
+        assert record["knowledge"]
+    saved = np.load(path)
+    n = len(ctx.split.members)
+    assert list(saved["attacks"]) == ["loss", "lira_offline", "nasr_inference"]
+    assert saved["labels"].sum() == n and len(saved["labels"]) == 2 * n
+    np.testing.assert_array_equal(saved["indices"][:n], ctx.split.members.numpy())
+    expected_classes = ctx.bundle.labels[torch.as_tensor(saved["indices"])].numpy()
+    np.testing.assert_array_equal(saved["classes"], expected_classes)
+    assert np.isfinite(saved["score_loss"]).all()
+    assert np.isnan(saved["score_nasr_inference"]).sum() == n  # known members + unevaluated non-members
+    assert float(saved["threshold_loss"]) == pytest.approx(results["loss"]["threshold"])
+    assert len(list(cache.glob("*.pt"))) == 6  # 2 shadow + 4 LiRA models, trained once
