@@ -40,8 +40,11 @@ book: data
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
+# One empty model cache per test run, shared by the workers and the notebook kernels.
 test: data
-	MCMIA_SCALE=ci $(PY) -m pytest -q -n 2 --dist loadscope tests \
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+	MCMIA_SCALE=ci MCMIA_CACHE="$$cache" MCMIA_TEST_RUN_CACHE=1 OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest -q -n 2 --dist loadscope tests \
 	  --nbval-lax book --nbval-sanitize-with tests/sanitize.cfg
 
 # Re-execute every chapter at book scale and store its outputs (about an hour on 2 CPU cores).

@@ -14,8 +14,14 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A fresh model cache per session (data stays shared: it is read-only input)."""
-    os.environ["MCMIA_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
+    """A fresh model cache per test run (data stays shared: it is read-only input).
+
+    ``make test`` creates one empty cache for the whole run and sets ``MCMIA_TEST_RUN_CACHE=1``,
+    so that both pytest-xdist workers and the notebook kernels share the models they train
+    (written atomically, so two writers of one model are safe). Run alone, each session gets its own.
+    """
+    if os.environ.get("MCMIA_TEST_RUN_CACHE") != "1" or not os.environ.get("MCMIA_CACHE"):
+        os.environ["MCMIA_CACHE"] = str(tmp_path_factory.mktemp("model-cache"))
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
