@@ -7,22 +7,16 @@ its own queries). What else each attacker knows is its threat model, stated in
 :data:`THREAT_MODELS` and in each record; no attack sees the target's membership labels unless
 its threat model says so (only ``nasr_inference``, which knows half of the members).
 
-==================  ==========================================================================
-``shadow_top3``     Shokri et al. (2017) shadow models + Salem et al.'s (2019) ML-Leaks
-                    features: an attack network on the sorted top-3 posteriors.
-``shadow_label``    the same shadow models; attack network on label-conditioned features
-                    (true-class log-probability, top-3, correctness, one-hot label).
-``nasr_inference``  Nasr et al. (2018) inference model (posterior branch + label branch), trained
-                    on half of the members (known to the attacker) against reference non-members.
-``loss``            Yeom et al. (2018): low loss = member.
-``confidence``      largest softmax probability (label-free; the true-class probability would be
-                    a monotone function of the loss, the same attack).
-``entropy``         low prediction entropy = member (label-free).
-``modified_entropy``  Song and Mittal (2021): entropy that accounts for the true label.
-``correctness``     correct prediction = member (the "gap attack").
-``lira_online``     Carlini et al. (2022) likelihood-ratio attack with IN and OUT shadow models.
-``lira_offline``    LiRA with OUT models only (one-sided test).
-==================  ==========================================================================
+- ``shadow_top3``: Shokri et al. (2017) shadow models + Salem et al.'s (2019) ML-Leaks features: an attack network on the sorted top-3 posteriors.
+- ``shadow_label``: the same shadow models; attack network on label-conditioned features (true-class log-probability, top-3, correctness, one-hot label).
+- ``nasr_inference``: Nasr et al. (2018) inference model (posterior branch + label branch), trained on half of the members (known to the attacker) against reference non-members.
+- ``loss``: Yeom et al. (2018): low loss = member.
+- ``confidence``: largest softmax probability (label-free; the true-class probability would be a monotone function of the loss, the same attack).
+- ``entropy``: low prediction entropy = member (label-free).
+- ``modified_entropy``: Song and Mittal (2021): entropy that accounts for the true label.
+- ``correctness``: correct prediction = member (the "gap attack").
+- ``lira_online``: Carlini et al. (2022) likelihood-ratio attack with IN and OUT shadow models.
+- ``lira_offline``: LiRA with OUT models only (one-sided test).
 
 Thresholds (for the attack *accuracy*; AUC and TPR at low FPR need none) are calibrated on
 the attacker's own shadow models, never on the target's membership labels. The entry point is
