@@ -298,11 +298,10 @@ def test_train_pruned_with_spec_file(fashion, tmp_path) -> None:
 
     spec_file = tmp_path / "lenet.yaml"
     spec_file.write_text("features.0: 0.0\nclassifier.1: 0.95\ndefault: 0.5\n")
-    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="none",
+    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
                                       params={"pruning": "magnitude", "sparsity_spec": str(spec_file)})
     ctx = experiments.prepare(spec)
-    ctx = replace(ctx, spec=replace(ctx.spec, defense="prune"),
-                  train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
+    ctx = replace(ctx, train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
     model, extra = P.train_pruned(ctx)
     achieved = extra["sparsity_per_layer"]
     assert achieved["features.0"] == 0.0 and achieved["features.3"] == pytest.approx(0.5, abs=1e-3)
