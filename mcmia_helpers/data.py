@@ -22,6 +22,7 @@ seeded permutation and checks they are disjoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -300,8 +301,11 @@ def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int
     return out
 
 
+@functools.lru_cache(maxsize=4)
 def _load_raw(name: str, root: Path, download: bool, imagenet_root, imagenet_size: int,
               imagenet_classes: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The dataset's tensors, loaded once per process (every experiment of a notebook shares
+    them; nothing writes into them: batches and views are copies)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
     if name == "digits":
