@@ -62,8 +62,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import atomic_torch_save
-from mcmia_helpers.training import (TrainConfig, get_device, load_or_train, make_optimizer,
-                                    make_scheduler)
+from mcmia_helpers.training import (TrainConfig, get_device, load_epoch_checkpoint, load_or_train,
+                                    make_optimizer, make_scheduler)
 
 #: Accountants accepted by :func:`train_dp` (``rdp`` is the default and the recommended one).
 ACCOUNTANTS = ("rdp", "prv")
@@ -406,16 +406,11 @@ def train_dp(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, con
     history: list[dict[str, float]] = []
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+        state, history, start_epoch = load_epoch_checkpoint(checkpoint_path, model, optimizer,
+                                                            scheduler, device)
         engine.accountant.load_state_dict(state["accountant"])
         if mask_callback is not None and hasattr(mask_callback, "load_state_dict"):
             mask_callback.load_state_dict(state.get("callback", {}))
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
 
     try:
         bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc="DP epochs",

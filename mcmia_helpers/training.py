@@ -150,6 +150,22 @@ def evaluate(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
             "acc": float((logits.argmax(1) == labels).float().mean())}
 
 
+def load_epoch_checkpoint(path: str | os.PathLike, model: nn.Module,
+                          optimizer: torch.optim.Optimizer, scheduler, device: torch.device
+                          ) -> tuple[dict, list[dict[str, float]], int]:
+    """Restore model, optimiser and schedule from an epoch checkpoint written by a training loop.
+
+    Returns the whole checkpoint (for loop-specific state such as a callback's or a privacy
+    accountant's), the history so far, and the epoch to resume from.
+    """
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    return state, list(state["history"]), int(state["epoch"]) + 1
+
+
 def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: TrainConfig, *,
         device: torch.device | None = None, progress: bool = False,
         checkpoint_path: str | os.PathLike | None = None,
@@ -173,14 +189,9 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
     history: list[dict[str, float]] = []
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+        state, history, start_epoch = load_epoch_checkpoint(checkpoint_path, model, optimizer,
+                                                            scheduler, device)
         callback.load_state_dict(state.get("callback", {}))
-        history = list(state["history"])
-        start_epoch = int(state["epoch"]) + 1
     bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc="epochs", leave=False)
     for epoch in bar:
         model.train()
