@@ -493,7 +493,7 @@ class AttackScores:
     def save(self, path: str | os.PathLike) -> None:
         """Write an ``.npz`` (atomically): ``indices``, ``labels``, ``classes``, ``attacks`` and
         per attack ``score_<name>`` (NaN = not evaluated) and ``threshold_<name>`` (NaN = none)."""
-        from mcmia_helpers.io import _atomic
+        from mcmia_helpers.io import atomic_write
 
         arrays = {"indices": self.indices, "labels": self.labels, "classes": self.classes,
                   "attacks": np.array(list(self.scores), dtype=str)}
@@ -503,7 +503,7 @@ class AttackScores:
             arrays[f"threshold_{name}"] = np.array(np.nan if t is None else t)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        _atomic(path, lambda handle: handle.write(buffer.getvalue()))
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def _logits_of(models: Sequence[nn.Module], ctx: "TargetContext", indices: torch.Tensor) -> torch.Tensor:

@@ -165,10 +165,10 @@ def save_sparse(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathL
     A layer under ``torch.nn.utils.prune`` is saved as shipped (its masked ``weight``, see
     :func:`shipped_state`). The file is written atomically.
     """
-    from mcmia_helpers.io import _atomic
+    from mcmia_helpers.io import atomic_write
 
     arrays, meta = _encode(shipped_state(model), value_dtype)
-    return _atomic(path, lambda handle: _write_npz(handle, arrays, meta))
+    return atomic_write(path, lambda handle: _write_npz(handle, arrays, meta))
 
 
 def _decode(archive) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ def _check_parent(path: Path) -> None:
         raise UserError(f"cannot write to {parent}: choose a writable path")
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(binary_handle)`` on a temporary file next to ``path``, then rename it over ``path``."""
     path = Path(path)
     _check_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,7 +46,7 @@ def _atomic(path: str | os.PathLike, write) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    return _atomic(path, lambda h: h.write(text.encode()))
+    return atomic_write(path, lambda h: h.write(text.encode()))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -55,7 +56,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically."""
-    return _atomic(path, lambda h: torch.save(obj, h))
+    return atomic_write(path, lambda h: torch.save(obj, h))
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:

@@ -43,3 +43,21 @@ def digits():
 @pytest.fixture()
 def tmp_out(tmp_path: Path) -> Path:
     return tmp_path / "out"
+
+
+@pytest.fixture()
+def interrupt_at():
+    """A training callback factory that raises KeyboardInterrupt at the end of a given epoch
+    (a Ctrl-C mid-run), for the resume tests."""
+    from mcmia_helpers.training import TrainingCallback
+
+    class InterruptAt(TrainingCallback):
+        def __init__(self, at_epoch: int) -> None:
+            self.at_epoch = at_epoch
+
+        def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+            if epoch == self.at_epoch:
+                raise KeyboardInterrupt
+            return {}
+
+    return InterruptAt

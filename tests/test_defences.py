@@ -20,7 +20,7 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.experiments import ExperimentSpec, TargetContext
 from mcmia_helpers.models import build_model
 from mcmia_helpers.scales import get_scale, split_sizes
-from mcmia_helpers.training import TrainConfig, TrainingCallback, fit, predict_logits
+from mcmia_helpers.training import TrainConfig, fit, predict_logits
 
 CPU = torch.device("cpu")
 QUICK = TrainConfig(epochs=3, batch_size=32, lr=2e-3, seed=1)
@@ -127,17 +127,7 @@ def test_lambda_zero_trains_f_exactly_as_without_the_game(fashion) -> None:
     assert all(-5 < row["gain"] <= 0 and 0 <= row["h_acc"] <= 1 for row in history)
 
 
-class _Interrupt(TrainingCallback):
-    def __init__(self, at_epoch: int) -> None:
-        self.at_epoch = at_epoch
-
-    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-        return {}
-
-
-def test_killed_game_resumes_to_the_same_weights(fashion, tmp_path) -> None:
+def test_killed_game_resumes_to_the_same_weights(fashion, tmp_path, interrupt_at) -> None:
     members, reference = torch.arange(96), torch.arange(3000, 3096)
     whole = _lenet()
     game = _game(fashion, reference, lam=2.0)
@@ -145,11 +135,11 @@ def test_killed_game_resumes_to_the_same_weights(fashion, tmp_path) -> None:
     checkpoint = tmp_path / "game.partial.pt"
     with pytest.raises(KeyboardInterrupt):
         fit(_lenet(), fashion, members, QUICK, device=CPU, checkpoint_path=checkpoint,
-            callback=P.compose_callbacks(_game(fashion, reference, lam=2.0), _Interrupt(1)))
+            callback=P.compose_callbacks(_game(fashion, reference, lam=2.0), interrupt_at(1)))
     resumed_game = _game(fashion, reference, lam=2.0, seed=0)
     resumed = _lenet()
     fit(resumed, fashion, members, QUICK, device=CPU, checkpoint_path=checkpoint,
-        callback=P.compose_callbacks(resumed_game, _Interrupt(99)))
+        callback=P.compose_callbacks(resumed_game, interrupt_at(99)))
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
     for a, b in zip(game.h.state_dict().values(), resumed_game.h.state_dict().values()):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mcmia_helpers.models import build_model
-from mcmia_helpers.training import (TrainConfig, TrainingCallback, evaluate, fit, load_or_train,
+from mcmia_helpers.training import (TrainConfig, evaluate, fit, load_or_train,
                                     make_scheduler, make_optimizer)
 from mcmia_helpers.errors import UserError
 
@@ -35,24 +35,14 @@ def test_same_seed_gives_identical_results(fashion) -> None:
     assert runs[0] == runs[1]
 
 
-class _Interrupt(TrainingCallback):
-    def __init__(self, at_epoch: int) -> None:
-        self.at_epoch = at_epoch
-
-    def epoch_end(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-        return {}
-
-
-def test_killed_run_resumes_to_the_same_weights(fashion, tmp_path) -> None:
+def test_killed_run_resumes_to_the_same_weights(fashion, tmp_path, interrupt_at) -> None:
     members = torch.arange(200)
     reference = _lenet()
     fit(reference, fashion, members, SMALL)
     checkpoint = tmp_path / "run.partial.pt"
     model = _lenet()
     with pytest.raises(KeyboardInterrupt):
-        fit(model, fashion, members, SMALL, checkpoint_path=checkpoint, callback=_Interrupt(2))
+        fit(model, fashion, members, SMALL, checkpoint_path=checkpoint, callback=interrupt_at(2))
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     resumed = _lenet()
     history = fit(resumed, fashion, members, SMALL, checkpoint_path=checkpoint)
