@@ -17,6 +17,9 @@ its threat model says so (only ``nasr_inference``, which knows half of the membe
 - ``correctness``: correct prediction = member (the "gap attack").
 - ``lira_online``: Carlini et al. (2022) likelihood-ratio attack with IN and OUT shadow models.
 - ``lira_offline``: LiRA with OUT models only (one-sided test).
+- ``lira_online_aware`` / ``lira_offline_aware``: LiRA whose shadow models are trained with the
+  target's defence and its parameters (e.g. pruned to the same sparsity), the stronger attacker
+  of Yuan and Zhang (2022). Not in the defaults: each shadow model is a full defended training.
 
 Thresholds (for the attack *accuracy*; AUC and TPR at low FPR need none) are calibrated on
 the attacker's own shadow models, never on the target's membership labels. The entry point is
@@ -50,7 +53,9 @@ if TYPE_CHECKING:  # experiments imports this module's users; avoid a cycle at i
 SHADOW_ATTACKS = ("shadow_top3", "shadow_label")
 METRIC_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
 LIRA_ATTACKS = ("lira_online", "lira_offline")
-ATTACKS: tuple[str, ...] = SHADOW_ATTACKS + ("nasr_inference",) + METRIC_ATTACKS + LIRA_ATTACKS
+DEFENCE_AWARE_ATTACKS = ("lira_online_aware", "lira_offline_aware")
+ATTACKS: tuple[str, ...] = (SHADOW_ATTACKS + ("nasr_inference",) + METRIC_ATTACKS + LIRA_ATTACKS
+                            + DEFENCE_AWARE_ATTACKS)
 
 #: What each attacker knows besides black-box access to the target's softmax output.
 THREAT_MODELS: dict[str, str] = {
@@ -67,6 +72,9 @@ THREAT_MODELS: dict[str, str] = {
     "lira_online": "the candidate set (members and non-members, not which is which), the architecture "
                    "and training recipe; shadow models trained on random halves of the candidates",
     "lira_offline": "as lira_online, but uses only shadow models that did not train on the query",
+    "lira_online_aware": "as lira_online, plus the target's defence and its parameters: every shadow "
+                         "model is trained with that defence (e.g. pruned to the same sparsity)",
+    "lira_offline_aware": "as lira_offline, with shadow models trained with the target's defence",
 }
 
 _LOG_FLOOR = 1e-20  # smallest probability kept in log features (log = -46)
@@ -93,9 +101,12 @@ def validate_attack_names(names: str | Iterable[str] | None) -> tuple[str, ...]:
 
 def default_attacks(scale: "ArchScale") -> tuple[str, ...]:
     """Every attack the scale affords: shadow-model attacks need ``n_shadow_models >= 1``, LiRA
-    needs ``n_lira_models >= 2`` (one IN and one OUT model per example)."""
+    needs ``n_lira_models >= 2`` (one IN and one OUT model per example). The defence-aware LiRA
+    attacks are never defaults (they repeat the defended training ``n_lira_models`` times)."""
     out = []
     for name in ATTACKS:
+        if name in DEFENCE_AWARE_ATTACKS:
+            continue
         if name in SHADOW_ATTACKS + METRIC_ATTACKS and scale.n_shadow_models < 1:
             continue
         if name in LIRA_ATTACKS and scale.n_lira_models < 2:
@@ -506,6 +517,19 @@ class AttackScores:
         atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
+def defence_aware_models(ctx: "TargetContext", specs: Sequence[ShadowSpec]) -> list[nn.Module]:
+    """Shadow models trained like the target, defence included: one per spec (its members and
+    seed), each through the target's defence trainer on :func:`~mcmia_helpers.experiments.shadow_context`
+    and cached like a target. Trained one after another (a defence is not batchable)."""
+    from mcmia_helpers.experiments import DEFENSES, shadow_context
+
+    models = []
+    for spec in specs:
+        model, _ = DEFENSES[ctx.spec.defense](shadow_context(ctx, spec.indices, spec.seed))
+        models.append(model.cpu().eval())
+    return models
+
+
 def _logits_of(models: Sequence[nn.Module], ctx: "TargetContext", indices: torch.Tensor) -> torch.Tensor:
     return predict_logits_many(models, ctx.bundle, indices, device=ctx.device)
 
@@ -518,16 +542,18 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
 
     Shadow and LiRA models are trained on ``ctx.device`` (together, see
     :mod:`mcmia_helpers.shadow`) or loaded from the cache. ``lira_global_variance`` defaults
-    to ``n_lira_models < 64``.
+    to ``n_lira_models < 64``. The defence-aware LiRA attacks use the same IN/OUT sets and
+    seeds as plain LiRA, with shadow models from :func:`defence_aware_models` (for an
+    undefended target they are the plain LiRA models), so the two differ only by the defence.
     """
     names = default_attacks(ctx.arch_scale) if names is None else validate_attack_names(names)
     scale = ctx.arch_scale
     if any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names) and scale.n_shadow_models < 1:
         raise UserError(f"the shadow-model attacks need n_shadow_models >= 1 at scale "
                         f"'{ctx.spec.scale}': drop them from --attacks")
-    if any(n in LIRA_ATTACKS for n in names) and scale.n_lira_models < 2:
+    if any(n in LIRA_ATTACKS + DEFENCE_AWARE_ATTACKS for n in names) and scale.n_lira_models < 2:
         raise UserError(f"LiRA needs n_lira_models >= 2 at scale '{ctx.spec.scale}': drop "
-                        "lira_online and lira_offline from --attacks")
+                        "the lira_* attacks from --attacks")
     split, bundle, device = ctx.split, ctx.bundle, ctx.device
     model = model.to(device)
     eval_idx = torch.cat([split.members, split.nonmembers])
@@ -538,11 +564,14 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
 
     # Specs of every attacker model needed, trained together where they are missing.
     need_shadow = any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names)
-    need_lira = any(n in LIRA_ATTACKS for n in names)
+    need_aware = any(n in DEFENCE_AWARE_ATTACKS for n in names)
+    # Against an undefended target the defence-aware shadow models are the plain LiRA ones.
+    need_lira = any(n in LIRA_ATTACKS for n in names) or (need_aware and ctx.spec.defense == "none")
     shadow_specs, shadow_in = shadow_model_specs(ctx) if need_shadow else ([], None)
-    lira_specs, lira_in = lira_model_specs(ctx) if need_lira else ([], None)
+    lira_specs, lira_in = lira_model_specs(ctx) if need_lira or need_aware else ([], None)
+    plain_lira_specs = lira_specs if need_lira else []
     all_models, _ = load_or_train_models(_base_cache_config(ctx), attacker_builder(ctx), bundle,
-                                         shadow_specs + lira_specs, ctx.train_config,
+                                         shadow_specs + plain_lira_specs, ctx.train_config,
                                          device=device, progress=ctx.progress, cache=cache)
     shadow_models, lira_models = all_models[:len(shadow_specs)], all_models[len(shadow_specs):]
 
@@ -572,25 +601,35 @@ def compute_attack_scores(ctx: "TargetContext", model: nn.Module,
                                                                                  eval_classes)
         out.thresholds["nasr_inference"] = 0.0
 
-    if need_lira:
+    if need_lira or need_aware:
         candidates = lira_candidates(ctx)
         to_sorted = torch.argsort(eval_idx)  # candidates == eval_idx[to_sorted]
         to_eval = torch.argsort(to_sorted).numpy()
-        shadow_logits = _logits_of(lira_models, ctx, candidates)  # (N, E, C)
         cand_labels = bundle.labels[candidates]
-        shadow_stats = logit_confidence(shadow_logits, cand_labels.expand(len(lira_models), -1))
         target_cand = logit_confidence(target_logits[to_sorted], cand_labels)
         global_var = scale.n_lira_models < 64 if lira_global_variance is None else lira_global_variance
-        for name, online in (("lira_online", True), ("lira_offline", False)):
-            if name in names:
-                s = lira_scores(target_cand, shadow_stats, lira_in, online, global_var)
-                out.scores[name] = s[to_eval]
-                out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
-                variance = "global" if global_var else "per-example"
-                out.notes[name] = (f"{len(lira_models)} shadow models, {variance} variance; threshold "
-                                   + ("leave-one-out on the shadow models"
-                                      if out.thresholds[name] is not None
-                                      else "not calibrated (fewer than 4 shadow models): oracle"))
+        variance = "global" if global_var else "per-example"
+
+        def add_lira(models: Sequence[nn.Module], pairs: tuple[tuple[str, bool], ...], how: str) -> None:
+            shadow_logits = _logits_of(models, ctx, candidates)  # (N, E, C)
+            shadow_stats = logit_confidence(shadow_logits, cand_labels.expand(len(models), -1))
+            for name, online in pairs:
+                if name in names:
+                    s = lira_scores(target_cand, shadow_stats, lira_in, online, global_var)
+                    out.scores[name] = s[to_eval]
+                    out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
+                    out.notes[name] = (f"{len(models)} shadow models{how}, {variance} variance; threshold "
+                                       + ("leave-one-out on the shadow models"
+                                          if out.thresholds[name] is not None
+                                          else "not calibrated (fewer than 4 shadow models): oracle"))
+
+        if any(n in LIRA_ATTACKS for n in names):
+            add_lira(lira_models, (("lira_online", True), ("lira_offline", False)), "")
+        if need_aware:
+            aware = lira_models if ctx.spec.defense == "none" else defence_aware_models(ctx, lira_specs)
+            add_lira(aware, (("lira_online_aware", True), ("lira_offline_aware", False)),
+                     f" trained with the target's defence ({ctx.spec.defense}"
+                     + "".join(f", {k}={v}" for k, v in sorted(ctx.spec.params.items())) + ")")
     out.scores = {n: out.scores[n] for n in names}  # in the order asked for
     return out
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,6 +72,9 @@ class TargetContext:
     train_config: TrainConfig
     device: torch.device
     progress: bool = False
+    #: Extra entries of the cache key (a defence-aware shadow model's members, see
+    #: :func:`shadow_context`); empty for a target, so targets keep their keys.
+    cache_extra: dict[str, Any] = field(default_factory=dict)
 
     def build(self, dp_compatible: bool = False) -> nn.Module:
         """A fresh, seeded model of the experiment's architecture for this data."""
@@ -85,7 +88,7 @@ class TargetContext:
         return {"arch": self.spec.arch, "dataset": self.bundle.name_used, "view": self.bundle.view,
                 "width": self.arch_scale.width, "split_seed": self.split.seed,
                 "split_sizes": self.split.sizes(), "train": self.train_config.to_dict(),
-                "defense": self.spec.defense, "params": self.spec.params, **extra}
+                "defense": self.spec.defense, "params": self.spec.params, **self.cache_extra, **extra}
 
 
 def _train_undefended(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
@@ -152,6 +155,21 @@ def prepare(spec: ExperimentSpec, progress: bool = False) -> TargetContext:
                          weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
                          seed=spec.seed)
     return TargetContext(spec, arch_scale, bundle, split, config, get_device(), progress)
+
+
+def shadow_context(ctx: TargetContext, members: torch.Tensor, seed: int) -> TargetContext:
+    """The target's whole recipe on other members: what a defence-aware attacker trains.
+
+    Same data, architecture, training configuration, defence and defence parameters as ``ctx``;
+    only the training members and the seed (initialisation and data order) change. Trained
+    models are cached under a key that adds a hash of ``members``, so they never collide with
+    the target or with each other.
+    """
+    members = torch.as_tensor(members, dtype=torch.long)
+    digest = hashlib.sha256(members.cpu().numpy().tobytes()).hexdigest()[:16]
+    return replace(ctx, spec=replace(ctx.spec, seed=int(seed)), split=replace(ctx.split, members=members),
+                   train_config=replace(ctx.train_config, seed=int(seed)),
+                   cache_extra={**ctx.cache_extra, "role": "defence-aware shadow", "members_sha256": digest})
 
 
 def utility(model: nn.Module, ctx: TargetContext) -> dict[str, float]:

@@ -1,19 +1,28 @@
 """Execute chapter notebooks in place and store their outputs: `make notebooks`.
 
     MCMIA_SCALE=book python tools/execute_notebooks.py book/*.ipynb
+    MCMIA_SCALE=ci python tools/execute_notebooks.py --times-only book/*.ipynb
 
 Each notebook runs in a fresh kernel with its folder as working directory. The stored outputs
 are then checked for what must never be committed (tracebacks, warnings, absolute machine
 paths) and written atomically, so an interrupted run leaves every notebook whole.
+
+Every run also records each chapter's wall time at its scale in ``book/run_times.json`` and
+rewrites the run-time table of ``book/intro.md`` (between its ``run-times`` markers) from it,
+so the times a reader sees are measured, never typed. ``--times-only`` measures without
+storing outputs (how the ``ci`` times are taken).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 import nbformat
@@ -37,12 +46,79 @@ def _stored_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(chunks)
 
 
-def execute(path: Path, timeout: int) -> float:
+BOOK = Path(__file__).resolve().parent.parent / "book"
+TIMES = BOOK / "run_times.json"
+INTRO = BOOK / "intro.md"
+START, END = "<!-- run-times:start -->", "<!-- run-times:end -->"
+SCALE_COLUMNS = ("ci", "book")
+
+
+def machine() -> str:
+    """What the times were measured on, in words (CPU cores, and the GPU where one was used)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} GPU"
+    except ImportError:
+        pass
+    return f"{os.cpu_count()}-core CPU"
+
+
+def record_time(times: dict, scale: str, chapter: str, seconds: float) -> dict:
+    """``times`` with ``chapter``'s wall time at ``scale`` set (seconds, date, machine)."""
+    entry = {"seconds": round(float(seconds), 1), "date": date.today().isoformat(), "machine": machine()}
+    return {**times, scale: {**times.get(scale, {}), chapter: entry}}
+
+
+def _minutes(entry: dict | None) -> str:
+    if entry is None:
+        return "not measured"
+    seconds = entry["seconds"]
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def render_table(times: dict) -> str:
+    """The intro's run-time table (markdown) from ``times``, one row per chapter measured."""
+    chapters = sorted({c for scale in times.values() for c in scale})
+    header = "| chapter | " + " | ".join(f"`{s}` scale" for s in SCALE_COLUMNS) + " |"
+    lines = [header, "|" + " --- |" * (len(SCALE_COLUMNS) + 1)]
+    for chapter in chapters:
+        cells = [_minutes(times.get(s, {}).get(chapter)) for s in SCALE_COLUMNS]
+        lines.append(f"| {{doc}}`{chapter}` | " + " | ".join(cells) + " |")
+    machines = sorted({e["machine"] for s in SCALE_COLUMNS for e in times.get(s, {}).values()})
+    lines.append("")
+    lines.append(f"Measured on a {', '.join(machines)} by `tools/execute_notebooks.py`: each chapter "
+                 "run alone, from an empty model cache (a second run loads its models and is faster).")
+    return "\n".join(lines)
+
+
+def update_intro(intro: Path, times: dict) -> None:
+    """Replace the text between the run-time markers of ``intro`` with :func:`render_table`."""
+    text = intro.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{intro}: the run-time markers {START} / {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    tmp = intro.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{START}\n{render_table(times)}\n{END}{tail}")
+    os.replace(tmp, intro)
+
+
+def save_times(times: dict, path: Path = TIMES) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(times, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def execute(path: Path, timeout: int, store: bool = True) -> float:
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     elapsed = time.perf_counter() - started
+    if not store:
+        return elapsed
     text = _stored_text(nb)
     problems = [what for pattern, what in FORBIDDEN if pattern.search(text)]
     if problems:
@@ -57,12 +133,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--times-only", action="store_true",
+                        help="measure run times without storing outputs (e.g. at MCMIA_SCALE=ci)")
+    parser.add_argument("--keep-cache", action="store_true",
+                        help="use MCMIA_CACHE as set (reuse trained models) instead of an empty cache per chapter")
     args = parser.parse_args()
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    scale = os.environ.get("MCMIA_SCALE", "book")
     for path in args.notebooks:
-        elapsed = execute(path, args.timeout)
-        print(f"{path}: executed at MCMIA_SCALE={os.environ.get('MCMIA_SCALE', 'book')} in {elapsed:.0f} s",
-              flush=True)
+        with tempfile.TemporaryDirectory(prefix="mcmia-cache-") as cache:
+            if not args.keep_cache:  # honest times: every chapter trains what it needs
+                os.environ["MCMIA_CACHE"] = cache
+            elapsed = execute(path, args.timeout, store=not args.times_only)
+        print(f"{path}: executed at MCMIA_SCALE={scale} in {elapsed:.0f} s", flush=True)
+        if args.keep_cache:
+            continue  # a time with models already trained is not what a reader waits for
+        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        times = record_time(times, scale, path.stem, elapsed)
+        save_times(times)
+        update_intro(INTRO, times)
     return 0
 
 

@@ -1,0 +1,203 @@
+"""Per-example exposure: which members an attack singles out, and how a defence changes that.
+
+Aggregate metrics can hide what matters to one person whose record is in the training set.
+An attack run at a low false-positive rate (0.1%, Carlini et al. 2022) *flags* the few
+members it is confident about; this module finds them (:func:`flagged`), compares the flagged
+sets of two models on the same split (:func:`exposure_shift`: who became exposed, who stopped
+being exposed), lines up every member's score under both (:func:`member_score_changes`),
+measures how unevenly classes leak (:func:`class_auc_spread`, the class-wise divergence that
+Yuan and Zhang (2022) found pruning to widen), pools scores over seeds for low-FPR metrics
+(:func:`pool_scores`), and turns per-seed differences into an interval and a one-word
+direction (:func:`paired_change`). Chapter 6 uses all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.metrics import mean_interval, per_class_auc
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mcmia_helpers.attacks import AttackScores
+
+
+def _finite(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise UserError(f"{labels.size} labels but {scores.size} scores: pass one score per example")
+    ok = np.isfinite(scores)
+    if not (labels[ok] == 1).any() or not (labels[ok] == 0).any():
+        raise UserError("exposure needs scored members and non-members: check the attack evaluated both")
+    return labels, scores, ok
+
+
+def flagged(labels, scores, fpr: float) -> np.ndarray:
+    """Boolean per example: flagged as a member at the lowest threshold whose false-positive rate
+    on these non-members is at most ``fpr``.
+
+    The threshold follows :func:`mcmia_helpers.metrics.tpr_at_fpr`, so the share of members
+    flagged equals the reported TPR at that FPR. With ``n`` non-members at most
+    ``floor(fpr * n)`` of them are flagged; examples without a score (NaN) are never flagged.
+    """
+    if not 0 <= fpr < 1:
+        raise UserError(f"fpr must lie in [0, 1) (got {fpr}): e.g. 0.001 for 0.1%")
+    labels, scores, ok = _finite(labels, scores)
+    negatives = np.sort(scores[ok & (labels == 0)])[::-1]
+    allowed = int(np.floor(negatives.size * (fpr + 1e-12)))
+    out = np.zeros(scores.shape, dtype=bool)
+    if allowed >= negatives.size:
+        out[ok] = True
+        return out
+    # Flag everything scoring above the (allowed + 1)-th highest non-member: ties stay unflagged.
+    out[ok] = scores[ok] > negatives[allowed]
+    return out
+
+
+@dataclass
+class ExposureShift:
+    """How the set of flagged members changed from one model (before) to another (after)."""
+
+    fpr: float
+    members: int
+    flagged_before: int
+    flagged_after: int
+    flagged_both: int
+    newly_exposed: int
+    no_longer_exposed: int
+    jaccard: float
+    rank_correlation: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_same_examples(before: "AttackScores", after: "AttackScores") -> None:
+    if not (np.array_equal(before.indices, after.indices) and np.array_equal(before.labels, after.labels)):
+        raise UserError("the two score sets cover different examples: compare models attacked on one split")
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import stats
+
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    return float(stats.spearmanr(a[ok], b[ok]).statistic)
+
+
+def exposure_shift(before: "AttackScores", after: "AttackScores", attack: str, fpr: float = 0.001,
+                   attack_after: str | None = None) -> ExposureShift:
+    """Compare the members flagged by ``attack`` at ``fpr`` on two models of the same split.
+
+    ``attack_after`` (default ``attack``) scores the second model, e.g. a defence-aware attack
+    against the defended model. ``jaccard`` is the number flagged by both over the number flagged by
+    either (1.0 when neither flags anyone); ``rank_correlation`` is Spearman's rho between the members' two scores.
+    """
+    _check_same_examples(before, after)
+    s_before = before.scores[attack]
+    s_after = after.scores[attack_after or attack]
+    members = before.labels == 1
+    f_before = flagged(before.labels, s_before, fpr) & members
+    f_after = flagged(after.labels, s_after, fpr) & members
+    either = int((f_before | f_after).sum())
+    both = int((f_before & f_after).sum())
+    return ExposureShift(fpr=float(fpr), members=int(members.sum()),
+                         flagged_before=int(f_before.sum()), flagged_after=int(f_after.sum()),
+                         flagged_both=both, newly_exposed=int((f_after & ~f_before).sum()),
+                         no_longer_exposed=int((f_before & ~f_after).sum()),
+                         jaccard=1.0 if either == 0 else both / either,
+                         rank_correlation=_spearman(s_before[members], s_after[members]))
+
+
+def nonmember_percentile(labels, scores) -> np.ndarray:
+    """Each example's score as the share of non-members scoring strictly below it (0 to 1).
+
+    Scores of different models are on different scales; this puts them on one: 0.999 means
+    the example outscores 99.9% of the non-members, i.e. it is flagged at an FPR of about 0.1%.
+    """
+    labels, scores, ok = _finite(labels, scores)
+    negatives = np.sort(scores[ok & (labels == 0)])
+    out = np.full(scores.shape, np.nan)
+    out[ok] = np.searchsorted(negatives, scores[ok], side="left") / negatives.size
+    return out
+
+
+def member_score_changes(before: "AttackScores", after: "AttackScores", attack: str,
+                         attack_after: str | None = None) -> "pd.DataFrame":
+    """One row per member: dataset index, class, its score and non-member percentile under both
+    models, and the change of percentile (positive = more exposed after)."""
+    import pandas as pd
+
+    _check_same_examples(before, after)
+    s_before = before.scores[attack]
+    s_after = after.scores[attack_after or attack]
+    p_before = nonmember_percentile(before.labels, s_before)
+    p_after = nonmember_percentile(after.labels, s_after)
+    members = before.labels == 1
+    frame = pd.DataFrame({"index": before.indices[members], "class": before.classes[members],
+                          "score_before": s_before[members], "score_after": s_after[members],
+                          "percentile_before": p_before[members], "percentile_after": p_after[members]})
+    frame["change"] = frame["percentile_after"] - frame["percentile_before"]
+    return frame
+
+
+def class_auc_spread(scores: "AttackScores", attack: str) -> dict:
+    """The attack's AUC within each class and how unequal they are: ``{"per_class": {c: auc},
+    "spread": max - min, "std": standard deviation over classes}``."""
+    s = scores.scores[attack]
+    ok = np.isfinite(s)
+    per = per_class_auc(scores.labels[ok], s[ok], scores.classes[ok])
+    values = np.array(list(per.values()))
+    if values.size == 0:
+        raise UserError(f"no class has both members and non-members scored by '{attack}'")
+    return {"per_class": per, "spread": float(values.max() - values.min()),
+            "std": float(values.std(ddof=1)) if values.size > 1 else 0.0}
+
+
+def pool_scores(score_sets: Sequence["AttackScores"], attack: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of ``attack`` over several targets (seeds), concatenated.
+
+    Low-FPR metrics need many non-members (at 0.1% FPR, 1,000 non-members allow one false
+    positive). Pooling is meaningful when scores share one scale across targets, as LiRA's
+    likelihood ratios and the loss do; the pooled metrics are those of an attacker who uses
+    one threshold for every target.
+    """
+    if not score_sets:
+        raise UserError("pool_scores got no score set: pass one AttackScores per seed")
+    labels = np.concatenate([s.labels for s in score_sets])
+    scores = np.concatenate([s.scores[attack] for s in score_sets])
+    ok = np.isfinite(scores)
+    return labels[ok], scores[ok]
+
+
+def paired_change(before: Sequence[float], after: Sequence[float], confidence: float = 0.95,
+                  tolerance: float = 0.0) -> dict:
+    """Per-seed differences ``after - before`` as a mean with a Student-t interval and a direction.
+
+    ``direction`` is "lower" or "higher" when the whole interval lies below ``-tolerance`` or
+    above ``tolerance``, else "no clear change": the verdicts of chapter 6 come from here, not
+    from reading a table by eye. Seeds must be paired (same split and attacker in both lists).
+    """
+    a = np.asarray(before, dtype=np.float64).ravel()
+    b = np.asarray(after, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise UserError(f"paired_change needs one value per seed in both lists (got {a.size} and {b.size})")
+    diff = b - a
+    mean, lo, hi = mean_interval(diff, confidence)
+    if diff.size < 2:
+        direction = "no clear change"  # one seed gives no interval to decide with
+    elif hi < -tolerance:
+        direction = "lower"
+    elif lo > tolerance:
+        direction = "higher"
+    else:
+        direction = "no clear change"
+    return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "direction": direction,
+            "per_seed": [float(d) for d in diff]}

@@ -1,0 +1,56 @@
+"""The intro's run-time table is generated from measured times (tools/execute_notebooks.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "tools" / "execute_notebooks.py")
+execute_notebooks = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(execute_notebooks)
+
+
+def _chapters() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
+    return [Path(f).name for f in files if (ROOT / f).with_suffix(".ipynb").exists()]
+
+
+def test_record_and_render() -> None:
+    times = execute_notebooks.record_time({}, "book", "01_x", 125.0)
+    times = execute_notebooks.record_time(times, "ci", "01_x", 12.34)
+    times = execute_notebooks.record_time(times, "ci", "02_y", 40)
+    assert times["ci"]["01_x"]["seconds"] == 12.3
+    table = execute_notebooks.render_table(times)
+    assert "| {doc}`01_x` | 12 s | 2 min |" in table
+    assert "| {doc}`02_y` | 40 s | not measured |" in table
+
+
+def test_update_intro_rewrites_only_between_markers(tmp_path) -> None:
+    intro = tmp_path / "intro.md"
+    start, end = execute_notebooks.START, execute_notebooks.END
+    intro.write_text(f"before\n{start}\nold table\n{end}\nafter\n")
+    times = execute_notebooks.record_time({}, "book", "00_a", 3.0)
+    execute_notebooks.update_intro(intro, times)
+    text = intro.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{end}\nafter\n")
+    assert "old table" not in text and "| {doc}`00_a` | not measured | 3 s |" in text
+    intro.write_text("no markers here\n")
+    with pytest.raises(SystemExit, match="markers"):
+        execute_notebooks.update_intro(intro, times)
+
+
+def test_committed_intro_shows_the_measured_times() -> None:
+    """Every chapter of the table of contents has a measured book-scale time, and the intro's
+    table is exactly the one rendered from book/run_times.json (no hand-typed times)."""
+    times = json.loads((ROOT / "book" / "run_times.json").read_text())
+    for chapter in _chapters():
+        assert chapter in times["book"], f"{chapter} has no measured book-scale run time"
+    intro = (ROOT / "book" / "intro.md").read_text()
+    inside = intro.split(execute_notebooks.START, 1)[1].split(execute_notebooks.END, 1)[0]
+    assert inside.strip() == execute_notebooks.render_table(times).strip()
