@@ -11,6 +11,7 @@ Each module holds one idea of the book:
 ``pruning``      ADMM and magnitude pruning (chapter 2); ``compression`` the compression report
 ``defences``     the Min-Max game and pruning inside it (chapter 3)
 ``privacy``      DP-SGD with Opacus (chapter 4)
+``explorer``     tables, ROC figures and the ipywidgets results explorer over grid records (chapter 5)
 ``exposure``     per-example exposure, class-wise leakage and changes over seeds (chapter 6)
 ``grid``         the experiment runner over YAML grids (chapter 5)
 ``experiments``  one experiment = one JSON record; the command line is ``python -m mcmia_helpers``
@@ -22,9 +23,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from mcmia_helpers.errors import UserError  # noqa: E402
-from mcmia_helpers import (attacks, compression, data, defences, experiments, exposure, grid, io,  # noqa: E402
-                           metrics, models, notebook, privacy, pruning, scales, shadow, training)
+from mcmia_helpers import (attacks, compression, data, defences, experiments, explorer,  # noqa: E402
+                           exposure, grid, io, metrics, models, notebook, privacy, pruning, scales,
+                           shadow, training)
 
 __all__ = ["UserError", "__version__", "attacks", "compression", "data", "defences", "experiments",
-           "exposure", "grid", "io", "metrics", "models", "notebook", "privacy", "pruning", "scales", "shadow",
-           "training"]
+           "explorer", "exposure", "grid", "io", "metrics", "models", "notebook", "privacy", "pruning",
+           "scales", "shadow", "training"]

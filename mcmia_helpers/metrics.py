@@ -26,6 +26,11 @@ from mcmia_helpers.errors import UserError
 #: The keys of every metrics record (and of its ``ci95`` entry).
 METRIC_KEYS = ("accuracy", "auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")
 
+#: The false-positive rates at which :func:`compact_roc` samples a ROC curve: 0, then 41
+#: log-spaced rates from 1e-4 to 1 (ten per decade, three significant digits), so 0.1% and 1%
+#: are exact grid points. Enough to draw a ROC on log axes; small enough for every record.
+ROC_FPR_GRID: tuple[float, ...] = (0.0,) + tuple(float(f"{10 ** (k / 10):.3g}") for k in range(-40, 1))
+
 
 def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels).astype(np.int64).ravel()
@@ -77,6 +82,32 @@ def tpr_at_fpr(labels, scores, fpr: float) -> float:
     roc_fpr, roc_tpr, _ = roc_curve(labels, scores)
     ok = roc_fpr <= fpr + 1e-12
     return float(roc_tpr[ok].max())
+
+
+def compact_roc(labels, scores, fpr_grid=ROC_FPR_GRID, decimals: int = 5) -> dict[str, list[float]]:
+    """The ROC curve sampled at fixed false-positive rates: ``{"fpr": [...], "tpr": [...]}``.
+
+    The TPR at each grid FPR follows the rule of :func:`tpr_at_fpr` (the largest TPR among the
+    thresholds whose FPR is at most that rate, no interpolation), so the curve is a monotone
+    step-wise lower envelope of the exact ROC, ends at ``(1, 1)``, and its values at 0.01 and
+    0.001 are the record's ``tpr_at_1pct_fpr`` and ``tpr_at_0_1pct_fpr``. Rounded to ``decimals``
+    so that every grid record can carry one (about 40 points); the default grid is
+    :data:`ROC_FPR_GRID`. Used by :func:`attack_metrics` and the results explorer (chapter 5).
+    """
+    roc_fpr, roc_tpr, _ = roc_curve(labels, scores)
+    return _sample_roc(roc_fpr, roc_tpr, fpr_grid, decimals)
+
+
+def _sample_roc(roc_fpr: np.ndarray, roc_tpr: np.ndarray, fpr_grid, decimals: int) -> dict[str, list[float]]:
+    """TPR of an exact (non-decreasing) ROC at each rate of ``fpr_grid``; see :func:`compact_roc`."""
+    grid = np.asarray(fpr_grid, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or grid.min() < 0 or grid.max() > 1:
+        raise UserError("fpr_grid must be a non-empty list of rates in [0, 1], e.g. metrics.ROC_FPR_GRID")
+    # Both coordinates are non-decreasing, so the last point with FPR <= g has the largest TPR.
+    last = np.searchsorted(roc_fpr, grid + 1e-12, side="right") - 1
+    tpr = np.asarray(roc_tpr)[last]
+    return {"fpr": [float(f) for f in grid],
+            "tpr": [round(float(t), decimals) for t in tpr]}
 
 
 def advantage(labels, scores) -> float:
@@ -172,7 +203,10 @@ def attack_metrics(labels, scores, threshold: float | None = None, n_bootstrap: 
     """All metrics of one attack, with stratified bootstrap 95% intervals.
 
     Returns ``{accuracy, auc, advantage, tpr_at_1pct_fpr, tpr_at_0_1pct_fpr, ci95: {key: [lo,
-    hi]}, threshold, threshold_kind, n_members, n_nonmembers, n_bootstrap}``. ``accuracy`` is the
+    hi]}, roc: {fpr, tpr}, threshold, threshold_kind, n_members, n_nonmembers, n_bootstrap}``.
+    ``roc`` is the compact ROC of :func:`compact_roc` (the TPR at each rate of
+    :data:`ROC_FPR_GRID`, rounded to 5 decimals), so that stored records can be plotted
+    without the scores. ``accuracy`` is the
     balanced accuracy at ``threshold`` ("calibrated": chosen by the attacker without these
     labels), or at the best threshold on these labels when ``threshold`` is None ("oracle",
     ``0.5 + advantage / 2``; no real attacker has it). The intervals resample members and
@@ -188,6 +222,7 @@ def attack_metrics(labels, scores, threshold: float | None = None, n_bootstrap: 
     point = _metrics_from_curves(tp, fp, np.array([n_pos]), np.array([n_neg]), labels, scores,
                                  ones, threshold)
     record: dict = {k: float(point[k][0]) for k in METRIC_KEYS}
+    roc = _sample_roc(fp[0] / n_neg, tp[0] / n_pos, ROC_FPR_GRID, 5)
     ci: dict = {}
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
@@ -202,6 +237,7 @@ def attack_metrics(labels, scores, threshold: float | None = None, n_bootstrap: 
         ci = {k: [float(v) for v in np.percentile(np.concatenate(ci[k]), [2.5, 97.5])]
               for k in METRIC_KEYS}
     record["ci95"] = ci
+    record["roc"] = roc
     record["threshold"] = None if threshold is None else float(threshold)
     record["threshold_kind"] = "oracle" if threshold is None else "calibrated"
     record["n_members"] = n_pos
@@ -236,3 +272,31 @@ def metrics_table(results: dict[str, dict]):
         row["threshold"] = m.get("threshold_kind", "")
         rows.append(row)
     return pd.DataFrame(rows).set_index("attack")
+
+
+def mean_interval(values, confidence: float = 0.95,
+                  bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """``(mean, low, high)``: a Student-t interval for the mean of independent runs (seeds).
+
+    Used to compare defences over seeds, where each seed is a new split, target and attacker.
+    With one value the interval is that value (no spread can be estimated from one run); NaN
+    values are dropped. Few seeds give wide intervals: with 3 seeds the half-width is 2.5
+    standard errors. ``bounds`` clips the interval to a metric's range, e.g. ``(0, 1)`` for
+    rates (the t interval is symmetric and can leave it).
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        raise UserError("mean_interval got no finite value: pass one number per seed")
+    if not 0 < confidence < 1:
+        raise UserError(f"confidence must lie in (0, 1) (got {confidence}): e.g. 0.95")
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high

@@ -77,19 +77,24 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str | N
     floor = 1e-4
     for name, (fpr, tpr) in curves.items():
         ax.plot(np.clip(fpr, floor, 1), np.clip(tpr, floor, 1), label=name)
-    grid = np.logspace(-4, 0, 50) if log else np.linspace(0, 1, 50)
-    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
-    if log:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(floor, 1)
-        ax.set_ylim(floor, 1)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
+    roc_axes(ax, floor=floor if log else None)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     return fig
+
+
+def roc_axes(ax: plt.Axes, floor: float | None = 1e-4, top: float = 1.0) -> None:
+    """Label ROC axes and draw the chance diagonal; log-log from ``floor`` (``None``: linear)."""
+    grid = np.logspace(np.log10(floor), 0, 50) if floor else np.linspace(0, 1, 50)
+    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
+    if floor:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(floor, 1)
+        ax.set_ylim(floor, top)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
 
 
 def plot_score_histogram(member_scores: np.ndarray, nonmember_scores: np.ndarray,

@@ -1,8 +1,11 @@
 """The built book as a reader sees it: pages open in headless Chromium, figures load, no cell
-shows an error, glued numbers are filled in. Screenshots go to ``_build/screenshots/``.
+shows an error, glued numbers are filled in, equations render. Screenshots go to
+``_build/screenshots/``.
 
 Skipped where Debian's ``chromium`` or the ``playwright`` package is missing; ``.ci/run``
-installs both.
+installs both. The book loads MathJax from its CDN; offline, the equation test serves the same
+MathJax version from ``.cache/mathjax`` (``tools/fetch_mathjax.sh``, run by ``.ci/run``) in place
+of the CDN, and is skipped where it has not been fetched.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MATHJAX = ROOT / ".cache" / "mathjax" / "package"
+MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser,
@@ -81,4 +86,40 @@ def test_intro_links_every_chapter(built_book: Path, browser) -> None:
     links = page.evaluate("() => Array.from(document.querySelectorAll('main a')).map(a => a.getAttribute('href'))")
     for chapter in _chapters():
         assert any(link and chapter in link for link in links), f"the intro does not link {chapter}"
+    page.close()
+
+
+def _serve_local_mathjax(route) -> None:
+    """Answer a request for the CDN's MathJax 3 with the same file from the local copy."""
+    relative = route.request.url.split(MATHJAX_CDN, 1)[1].split("?", 1)[0]
+    path = (MATHJAX / relative).resolve()
+    if MATHJAX.resolve() not in path.parents or not path.is_file():
+        route.fulfill(status=404, body="")
+        return
+    kind = "application/javascript" if path.suffix == ".js" else "font/woff"
+    route.fulfill(status=200, body=path.read_bytes(), headers={"Content-Type": kind})
+
+
+def _has_math(chapter: str) -> bool:
+    import json
+
+    cells = json.loads((ROOT / "book" / f"{chapter}.ipynb").read_text())["cells"]
+    return any(c["cell_type"] == "markdown" and "$" in "".join(c["source"]) for c in cells)
+
+
+@pytest.mark.skipif(not (MATHJAX / "es5" / "tex-mml-chtml.js").exists(),
+                    reason="MathJax not fetched: run tools/fetch_mathjax.sh")
+@pytest.mark.parametrize("chapter", [c for c in _chapters() if _has_math(c)])
+def test_equations_render(chapter: str, built_book: Path, browser) -> None:
+    page = browser.new_page()
+    page.route(f"{MATHJAX_CDN}**", _serve_local_mathjax)
+    page.goto((built_book / "book" / f"{chapter}.html").as_uri(), wait_until="load")
+    page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+    page.evaluate("() => MathJax.startup.promise")
+    rendered = page.evaluate("() => document.querySelectorAll('mjx-container').length")
+    assert rendered > 0, f"{chapter}: no equation was rendered by MathJax"
+    errors = page.evaluate("() => Array.from(document.querySelectorAll('mjx-merror')).map(e => e.textContent)")
+    assert not errors, f"{chapter}: MathJax could not typeset {errors}"
+    text = page.inner_text("main")
+    assert "\\frac" not in text and "\\begin{" not in text, f"{chapter}: LaTeX source shown instead of math"
     page.close()

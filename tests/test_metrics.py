@@ -10,9 +10,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.metrics import (METRIC_KEYS, _stratified_weights, advantage, attack_metrics, auc,
-                                   balanced_accuracy, best_threshold, metrics_table, per_class_auc,
-                                   roc_curve, tpr_at_fpr)
+from mcmia_helpers.metrics import (METRIC_KEYS, ROC_FPR_GRID, _stratified_weights, advantage,
+                                   attack_metrics, auc, balanced_accuracy, best_threshold,
+                                   compact_roc, metrics_table, per_class_auc, roc_curve, tpr_at_fpr)
 
 
 def _sample(seed: int, n_pos: int = 300, n_neg: int = 200, shift: float = 0.7, decimals: int | None = 1):
@@ -162,6 +162,33 @@ def test_bootstrap_is_fast() -> None:
     start = time.process_time()
     attack_metrics(labels, scores, n_bootstrap=200)
     assert time.process_time() - start < 2.0
+
+
+@pytest.mark.parametrize("seed,decimals", [(0, None), (1, 1), (2, 0)])
+def test_compact_roc_in_records(seed: int, decimals: int | None) -> None:
+    labels, scores = _sample(seed, n_pos=1500, n_neg=2000, shift=1.5, decimals=decimals)
+    record = attack_metrics(labels, scores, n_bootstrap=0)
+    roc = record["roc"]
+    fpr, tpr = np.array(roc["fpr"]), np.array(roc["tpr"])
+    assert list(fpr) == list(ROC_FPR_GRID) and len(tpr) == len(fpr)
+    assert fpr[0] == 0.0 and (fpr[-1], tpr[-1]) == (1.0, 1.0)
+    assert np.all(np.diff(fpr) > 0) and np.all(np.diff(tpr) >= 0)
+    assert tpr[list(fpr).index(0.01)] == round(record["tpr_at_1pct_fpr"], 5)
+    assert tpr[list(fpr).index(0.001)] == round(record["tpr_at_0_1pct_fpr"], 5)
+    for f, t in zip(fpr, tpr):  # every point follows the rule of tpr_at_fpr
+        assert t == pytest.approx(tpr_at_fpr(labels, scores, f), abs=5e-6)
+    assert compact_roc(labels, scores) == roc
+    assert len(str(roc)) < 800  # small enough for every record of a grid
+
+
+def test_compact_roc_of_perfect_and_reversed_scores() -> None:
+    labels = np.array([1, 1, 0, 0])
+    assert compact_roc(labels, [4, 3, 2, 1], fpr_grid=[0, 0.5, 1]) == {"fpr": [0.0, 0.5, 1.0],
+                                                                      "tpr": [1.0, 1.0, 1.0]}
+    assert compact_roc(labels, [1, 2, 3, 4], fpr_grid=[0, 0.5, 1]) == {"fpr": [0.0, 0.5, 1.0],
+                                                                      "tpr": [0.0, 0.0, 1.0]}
+    with pytest.raises(UserError, match="fpr_grid"):
+        compact_roc(labels, [4, 3, 2, 1], fpr_grid=[0.5, 2.0])
 
 
 def test_per_class_auc() -> None:
