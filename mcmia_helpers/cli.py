@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action="store_true", help="show progress bars")
 
     grid = sub.add_parser("grid", help="run a grid of experiments from a YAML config, resuming where it stopped")
-    grid.add_argument("--config", required=True, help="grid file, e.g. configs/book.yaml")
+    grid.add_argument("--config", required=True, help="grid file, or a shipped grid: ci, book or paper")
     grid.add_argument("--out", required=True, type=_writable_file, help="JSON-lines results file (appended, never rewritten)")
     grid.add_argument("--only", default=None, help="run only the cells whose id contains this text")
     grid.add_argument("--scale", default=None, choices=SCALES, help="override the config's scale")

@@ -147,7 +147,7 @@ def _check_records(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
     records = list(records)
     if not records:
         raise UserError("no records to explore: run `python -m mcmia_helpers grid --config "
-                        "configs/book.yaml --out results/book.jsonl` and read them with grid.read_records")
+                        "book --out results/book.jsonl` and read them with grid.read_records")
     for i, r in enumerate(records):
         if not isinstance(r, Mapping) or "arch" not in r or "defense" not in r:
             raise UserError(f"record {i} is not a grid record (no 'arch' or 'defense'): pass the "

@@ -1,9 +1,12 @@
 """The experiment runner: a grid of (architecture, dataset, defence, parameter, seed) cells.
 
-``python -m mcmia_helpers grid --config configs/book.yaml --out results.jsonl`` runs every cell of
+``python -m mcmia_helpers grid --config book --out results.jsonl`` runs every cell of
 a YAML grid through :func:`~mcmia_helpers.experiments.run_experiment` (the same code as ``run``),
 appends each record to a JSON-lines file as soon as it finishes (atomically), and skips the cells
 whose records are already there: an interrupted grid loses at most the cell it was running.
+``--config`` takes a YAML file or the name of a grid shipped in the package's ``configs/``
+folder (``ci``, ``book``, ``paper``: see :func:`config_path`), so the grids travel with
+``pip install`` (Colab) as well as with a clone.
 
 A grid file looks like::
 
@@ -35,23 +38,42 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.experiments import ExperimentSpec, run_experiment
 from mcmia_helpers.io import append_jsonl
 
+#: The grids shipped with the package: ``ci``, ``book`` and ``paper``.
+BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
 _CELL_KEYS = {"arch", "dataset", "standin", "defenses", "imagenet_root", "imagenet_size",
               "imagenet_classes"}
 
 
+def bundled_names() -> list[str]:
+    """Names of the grids shipped in the package (``ci``, ``book``, ``paper``)."""
+    return sorted(p.stem for p in BUNDLED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(config: str | os.PathLike) -> Path:
+    """The grid file for ``config``: an existing path, else a shipped grid's name (``book`` or
+    ``book.yaml``); anything else is a one-line UserError naming both choices."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    bundled = BUNDLED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and bundled.is_file():
+        return bundled
+    raise UserError(f"grid config {config} does not exist: pass --config PATH to a YAML file or one of "
+                    f"the shipped grids ({', '.join(bundled_names())})")
+
+
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a grid file (YAML or JSON)."""
+    """Read and check a grid file (YAML or JSON), given as a path or a shipped grid's name."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"grid config {path} does not exist: pass --config PATH to a YAML file (see configs/)")
+    path = config_path(path)
     try:
         grid = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserError(f"grid config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(grid, dict) or not isinstance(grid.get("cells"), list):
-        raise UserError(f"grid config {path} needs a 'cells' list (see configs/ci.yaml)")
+        raise UserError(f"grid config {path} needs a 'cells' list (see mcmia_helpers/configs/ci.yaml)")
     for cell in grid["cells"]:
         unknown = set(cell) - _CELL_KEYS
         if unknown:

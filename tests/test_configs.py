@@ -8,7 +8,7 @@ import pytest
 
 from mcmia_helpers import grid as grid_runner
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = grid_runner.BUNDLED_CONFIGS
 
 
 @pytest.mark.parametrize("name", ["ci", "book", "paper"])

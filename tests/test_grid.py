@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mcmia_helpers import grid as grid_runner
@@ -55,6 +57,20 @@ def test_grid_resumes_after_an_interrupt(tmp_path, monkeypatch) -> None:
     ids = [r["cell_id"] for r in grid_runner.read_records(out)]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
     assert grid_runner.run_grid(grid_runner.load_grid(config), out, progress=False) == []
+
+
+def test_shipped_grids_by_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # names resolve without a clone's folders around
+    assert grid_runner.config_path("book") == grid_runner.BUNDLED_CONFIGS / "book.yaml"
+    assert grid_runner.config_path("paper.yaml") == grid_runner.BUNDLED_CONFIGS / "paper.yaml"
+    assert grid_runner.bundled_names() == ["book", "ci", "paper"]
+    own = tmp_path / "book.yaml"  # an existing file of the same name wins
+    own.write_text("cells: []\n")
+    assert grid_runner.config_path("book.yaml") == Path("book.yaml")
+    with pytest.raises(UserError, match="shipped grids \\(book, ci, paper\\)"):
+        grid_runner.config_path("books")
+    with pytest.raises(UserError, match="does not exist"):
+        grid_runner.config_path(tmp_path / "sub" / "book.yaml")
 
 
 def test_bad_grid_configs(tmp_path, capsys) -> None:
