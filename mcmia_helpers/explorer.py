@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # ipywidgets is optional: only the widget needs it
 DEFENCE_LABELS: dict[str, str] = {"none": "baseline", "prune": "pruning", "minmax": "Min-Max",
                                   "prune+minmax": "pruning & Min-Max", "dp": "DP-SGD"}
 
-#: The attack metrics of the frame: ``{column: key in the record's attack metrics}``.
+#: For each attack metric, its column in the frame mapped to its key in a record's attack metrics.
 METRIC_COLUMNS: dict[str, str] = {"accuracy": "accuracy", "auc": "auc",
                                   "tpr@1%": "tpr_at_1pct_fpr", "tpr@0.1%": "tpr_at_0_1pct_fpr"}
 

@@ -38,7 +38,7 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.experiments import ExperimentSpec, run_experiment
 from mcmia_helpers.io import append_jsonl
 
-#: The grids shipped with the package: ``ci``, ``book`` and ``paper``.
+#: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 _CELL_KEYS = {"arch", "dataset", "standin", "defenses", "imagenet_root", "imagenet_size",
