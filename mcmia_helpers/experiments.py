@@ -223,6 +223,8 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
         "device": ctx.device.type,
         "package_version": mcmia_helpers.__version__,
         "torch_version": torch.__version__,
+        # CPU float reductions depend on the thread count: same seed + same threads = same numbers.
+        "torch_threads": torch.get_num_threads(),
     }
     record.update(extra)
     record["attacks"] = run_attacks(ctx, model, spec.attacks, save_scores=save_scores)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mcmia_helpers.cli import main
 
@@ -63,8 +64,9 @@ def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch) -> None:
     a, b = records
     for key in ("arch", "dataset_requested", "dataset_used", "scale", "seed", "defense",
                 "split_sizes", "train_acc", "test_acc", "member_acc", "nonmember_acc",
-                "params_total", "params_nonzero", "wall_time_s", "package_version"):
+                "params_total", "params_nonzero", "wall_time_s", "package_version", "torch_threads"):
         assert key in a, key
+    assert a["torch_threads"] == torch.get_num_threads()
     assert a["dataset_used"] == "fashion-mnist" and a["params_total"] == 61_706
     for key in ("train_acc", "test_acc", "member_acc", "nonmember_acc", "split_digest", "attacks"):
         assert a[key] == b[key], key
