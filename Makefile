@@ -47,7 +47,8 @@ test: data
 	  $(PY) -m pytest -q -n 2 --dist loadscope tests \
 	  --nbval-lax book --nbval-sanitize-with tests/sanitize.cfg
 
-# Re-execute every chapter at book scale and store its outputs (about an hour on 2 CPU cores).
+# Re-execute every chapter at book scale and store its outputs; each chapter's measured time
+# goes to book/run_times.json and the intro's table (about half an hour on 2 CPU cores).
 notebooks: data
 	MCMIA_SCALE=book $(PY) tools/execute_notebooks.py book/*.ipynb
 

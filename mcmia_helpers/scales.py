@@ -2,8 +2,8 @@
 
 ``MCMIA_SCALE`` picks one:
 
-``ci``     every notebook in about 90 s on a 2-core CPU: the tests run at this scale;
-``book``   all notebooks together in about an hour on a 2-core CPU: the committed outputs;
+``ci``     every notebook in one to three minutes on a 2-core CPU: the tests run at this scale;
+``book``   all notebooks together in about half an hour on a 2-core CPU: the committed outputs;
 ``paper``  the paper's sizes (full widths, ~10k members, long training): for a GPU.
 
 A scale fixes, per architecture, how many members the target trains on, for how many epochs,
