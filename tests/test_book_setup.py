@@ -24,15 +24,11 @@ import nbformat
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from book_files import ROOT
+from book_files import chapter_notebooks as _chapters
+
 TOOL = ROOT / "tools" / "set_repository.py"
 URL = "https://github.com/example-owner/mcmia-book"
-
-
-def _chapters(root: Path = ROOT) -> list[Path]:
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
-    files = [entry["file"] for part in toc["parts"] for entry in part["chapters"]]
-    return [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").exists()]
 
 
 def _setup_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:

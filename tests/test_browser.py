@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from book_files import ROOT, chapter_notebooks
+
 MATHJAX = ROOT / ".cache" / "mathjax" / "package"
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -27,12 +28,8 @@ pytestmark = [pytest.mark.browser,
 
 
 def _chapters() -> list[str]:
-    """The chapter notebooks listed in ``_toc.yml`` (the pages a reader can reach)."""
-    import yaml
-
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    return [Path(f).name for f in files if (ROOT / f"{f}.ipynb").exists()]
+    """The names of the chapters a reader can reach (``_toc.yml``)."""
+    return [path.stem for path in chapter_notebooks()]
 
 
 @pytest.fixture(scope="module")

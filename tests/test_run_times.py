@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from book_files import ROOT, chapter_notebooks
+
 spec = importlib.util.spec_from_file_location("execute_notebooks", ROOT / "tools" / "execute_notebooks.py")
 execute_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(execute_notebooks)
-
-
-def _chapters() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    return [Path(f).name for f in files if (ROOT / f).with_suffix(".ipynb").exists()]
 
 
 def test_record_and_render() -> None:
@@ -49,7 +42,7 @@ def test_committed_intro_shows_the_measured_times() -> None:
     """Every chapter of the table of contents has a measured book-scale time, and the intro's
     table is exactly the one rendered from book/run_times.json (no hand-typed times)."""
     times = json.loads((ROOT / "book" / "run_times.json").read_text())
-    for chapter in _chapters():
+    for chapter in (path.stem for path in chapter_notebooks()):
         assert chapter in times["book"], f"{chapter} has no measured book-scale run time"
     intro = (ROOT / "book" / "intro.md").read_text()
     inside = intro.split(execute_notebooks.START, 1)[1].split(execute_notebooks.END, 1)[0]
