@@ -1,32 +1,35 @@
 """mcmia_helpers: the package behind the book *Membership Inference and Model Compression*.
 
-Each module holds one idea of the book:
+A stack of layers in the order of the chapters; each imports only from the layers below it
+(checked by import-linter, see ``[tool.importlinter]`` in ``pyproject.toml``):
 
-``data``         datasets, offline stand-ins and disjoint member/non-member splits (chapter 0)
-``models``       LeNet-5, VGG16, MobileNetV2 and ResNet18 in small-image and ImageNet forms
-``training``     one ``fit``/``evaluate`` pair, seeds, devices and the load-or-train cache
-``scales``       the ``ci``/``book``/``paper`` scales in one place (``MCMIA_SCALE``)
-``attacks``      membership inference attacks (chapter 1); ``metrics`` turns scores into metrics
-``shadow``       many shadow models trained together (chapter 1, ``benchmarks/``)
-``pruning``      ADMM and magnitude pruning (chapter 2); ``compression`` the compression report
-``defences``     the Min-Max game and pruning inside it (chapter 3)
-``privacy``      DP-SGD with Opacus (chapter 4)
-``explorer``     tables, ROC figures and the ipywidgets results explorer over grid records (chapter 5)
-``exposure``     per-example exposure, class-wise leakage and changes over seeds (chapter 6)
-``grid``         the experiment runner over YAML grids (chapter 5)
-``experiments``  one experiment = one JSON record; the command line is ``python -m mcmia_helpers``
-``plots``        the figures the chapters share (``from mcmia_helpers import plots``)
+1. foundations: ``errors`` (one-line user errors), ``io`` (atomic writes), ``scales``
+   (the ``ci``/``book``/``paper`` sizes, ``MCMIA_SCALE``);
+2. ``data`` (datasets, offline stand-ins, disjoint member/non-member splits; chapter 0),
+   ``models`` (LeNet-5, VGG16, MobileNetV2, ResNet18; Nasr's inference network), ``metrics``
+   (scores -> AUC, TPR at low FPR, intervals);
+3. ``training`` (``fit``/``evaluate``, seeds, devices, the load-or-train cache) and ``shadow``
+   (many models trained together on the grouped engine);
+4. ``context``: ``ExperimentSpec``, ``TargetContext``, ``prepare``, ``shadow_context``: what a
+   trainer needs, knowing no attack and no defence;
+5. ``defences/``: the registry, ``pruning`` and ``compression`` (chapter 2), ``minmax``
+   (chapter 3), ``dp`` (chapter 4);
+6. ``attacks/``: ``names``, ``scores``, ``classifiers``, ``lira``, ``shadows`` (the attacker's
+   models, defence-aware ones through the registry) and ``runner`` (chapter 1);
+7. ``experiments``: one experiment = one JSON record;
+8. ``plots``, then ``grid`` (YAML grids, chapter 5), ``exposure`` (chapter 6), ``explorer``
+   (chapter 5), ``notebook`` (glue, scales in notebooks);
+9. ``cli``: ``python -m mcmia_helpers run|grid|data``.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.version import __version__
+from mcmia_helpers import (attacks, context, data, defences, experiments, explorer,
+                           exposure, grid, io, metrics, models, notebook, plots, scales, shadow,
+                           training)
 
-from mcmia_helpers.errors import UserError  # noqa: E402
-from mcmia_helpers import (attacks, compression, data, defences, experiments, explorer,  # noqa: E402
-                           exposure, grid, io, metrics, models, notebook, privacy, pruning, scales,
-                           shadow, training)
-
-__all__ = ["UserError", "__version__", "attacks", "compression", "data", "defences", "experiments",
-           "explorer", "exposure", "grid", "io", "metrics", "models", "notebook", "privacy", "pruning",
-           "scales", "shadow", "training"]
+__all__ = ["UserError", "__version__", "attacks", "context", "data", "defences", "experiments",
+           "explorer", "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
+           "shadow", "training"]

@@ -53,7 +53,7 @@ def _writable_file(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mcmia_helpers.experiments import DEFENSES
+    from mcmia_helpers.defences import DEFENSES
 
     parser = _OneLineParser(prog="python -m mcmia_helpers",
                             description="Membership inference vs model compression: experiments of the MCMIA book.")
@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mcmia_helpers.experiments import ExperimentSpec, run_experiment
+    from mcmia_helpers.context import ExperimentSpec
+    from mcmia_helpers.experiments import run_experiment, validate_spec
     from mcmia_helpers.io import atomic_write_json
 
-    from mcmia_helpers.experiments import DEFENSE_PARAMS
+    from mcmia_helpers.defences import DEFENSE_PARAMS
 
     all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
     params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
@@ -124,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,
                           imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
                           imagenet_classes=args.imagenet_classes, attacks=attacks)
-    spec.validate()
+    validate_spec(spec)
     split_path = args.out.with_suffix(".split.json") if args.out else None
     from mcmia_helpers.grid import cell_id
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.experiments import ExperimentSpec, run_experiment
+from mcmia_helpers.context import ExperimentSpec
+from mcmia_helpers.experiments import run_experiment, validate_spec
 from mcmia_helpers.io import append_jsonl
 
 #: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
@@ -103,7 +104,7 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
                 for seed in seeds:
                     spec = ExperimentSpec(defense=name, scale=scale, seed=int(seed), params=params,
                                           attacks=tuple(attacks) if attacks else None, **base)
-                    spec.validate()
+                    validate_spec(spec)
                     yield spec
 
 

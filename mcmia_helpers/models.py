@@ -307,3 +307,48 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         total += tensor.numel()
         nonzero += int(torch.count_nonzero(tensor.detach()))
     return total, nonzero
+
+
+# --------------------------------------------------------------------------- inference model
+
+#: Smallest probability kept in log features (log = -46): the inference model and the attack features.
+LOG_PROB_FLOOR = 1e-20
+
+
+class InferenceModel(nn.Module):
+    """Nasr et al.'s (2018) inference model: is ``(softmax output, label)`` a training member?
+
+    Two branches, one for the posterior vector and one for the one-hot label, joined by fully
+    connected layers that end in one logit (higher = member). The widths follow Nasr et al.'s
+    layout scaled by ``hidden``: posterior ``C -> 4h -> 2h -> h``, label ``C -> 2h -> h``, joint
+    ``2h -> 4h -> h -> 1``. With ``log_features`` (default) the posterior branch also sees
+    ``log p`` (floored at 1e-20 and scaled to [-1, 0]), which keeps confident outputs apart
+    that raw probabilities round to 1; ``log_features=False`` is Nasr et al.'s exact input.
+
+    Public and stable: the Min-Max defence trains against it (``forward`` is differentiable in
+    ``probs``).
+    """
+
+    def __init__(self, num_classes: int, hidden: int = 64, log_features: bool = True):
+        super().__init__()
+        if num_classes < 2 or hidden < 1:
+            raise UserError(f"InferenceModel needs num_classes >= 2 and hidden >= 1 "
+                            f"(got {num_classes}, {hidden})")
+        self.num_classes = num_classes
+        self.log_features = log_features
+        width_in = num_classes * (2 if log_features else 1)
+        self.posterior = nn.Sequential(nn.Linear(width_in, 4 * hidden), nn.ReLU(),
+                                       nn.Linear(4 * hidden, 2 * hidden), nn.ReLU(),
+                                       nn.Linear(2 * hidden, hidden), nn.ReLU())
+        self.label = nn.Sequential(nn.Linear(num_classes, 2 * hidden), nn.ReLU(),
+                                   nn.Linear(2 * hidden, hidden), nn.ReLU())
+        self.joint = nn.Sequential(nn.Linear(2 * hidden, 4 * hidden), nn.ReLU(),
+                                   nn.Linear(4 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Membership logits ``(B,)`` for softmax outputs ``probs (B, C)`` and labels ``onehot (B, C)``."""
+        x = probs
+        if self.log_features:
+            x = torch.cat([probs, torch.log(probs + LOG_PROB_FLOOR) / -math.log(LOG_PROB_FLOOR)], dim=-1)
+        h = torch.cat([self.posterior(x), self.label(onehot.to(probs.dtype))], dim=-1)
+        return self.joint(h).squeeze(-1)

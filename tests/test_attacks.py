@@ -17,7 +17,7 @@ from mcmia_helpers.attacks import (ATTACKS, DEFENCE_AWARE_ATTACKS, THREAT_MODELS
                                    train_inference_model, validate_attack_names, correctness_score)
 from mcmia_helpers.data import MIASplit, load_dataset, make_split
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.experiments import ExperimentSpec, TargetContext
+from mcmia_helpers.context import ExperimentSpec, TargetContext
 from mcmia_helpers.metrics import METRIC_KEYS, auc
 from mcmia_helpers.scales import get_scale, split_sizes
 from mcmia_helpers.training import TrainConfig, fit

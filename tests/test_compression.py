@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mcmia_helpers import compression as C
+from mcmia_helpers.defences import compression as C
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import build_model
-from mcmia_helpers.pruning import apply_masks, project
+from mcmia_helpers.defences.pruning import apply_masks, project
 
 # LeNet-5 on 1x28x28 (padding 2): multiply-accumulates of each conv/linear layer, by hand
 LENET_MACS = {"features.0": 6 * 28 * 28 * 1 * 5 * 5, "features.3": 16 * 10 * 10 * 6 * 5 * 5,
@@ -120,7 +120,7 @@ def test_sparse_file_errors(tmp_path) -> None:
 
 
 def test_filter_pruning_is_faster_on_cpu_side_by_side() -> None:
-    from mcmia_helpers.pruning import prune_filters_vgg
+    from mcmia_helpers.defences.pruning import prune_filters_vgg
 
     torch.manual_seed(0)
     dense = build_model("vgg16", in_channels=3, image_size=32, width=0.25)

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from mcmia_helpers import defences as D
-from mcmia_helpers import pruning as P
+from mcmia_helpers.defences import minmax as D
+from mcmia_helpers.defences import pruning as P
 from mcmia_helpers.attacks import InferenceModel
 from mcmia_helpers.data import MIASplit, make_split
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.experiments import ExperimentSpec, TargetContext
+from mcmia_helpers.context import ExperimentSpec, TargetContext
 from mcmia_helpers.models import build_model
 from mcmia_helpers.scales import get_scale, split_sizes
 from mcmia_helpers.training import TrainConfig, fit, predict_logits

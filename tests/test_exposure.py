@@ -13,10 +13,10 @@ from mcmia_helpers import exposure
 from mcmia_helpers.attacks import AttackScores, compute_attack_scores, defence_aware_models, lira_model_specs
 from mcmia_helpers.data import load_dataset, make_split
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.experiments import ExperimentSpec, TargetContext, shadow_context
+from mcmia_helpers.context import ExperimentSpec, TargetContext, shadow_context
 from mcmia_helpers.metrics import mean_interval, tpr_at_fpr
 from mcmia_helpers.models import count_parameters
-from mcmia_helpers.pruning import prunable_layers
+from mcmia_helpers.defences.pruning import prunable_layers
 from mcmia_helpers.scales import get_scale, split_sizes
 from mcmia_helpers.training import TrainConfig
 
@@ -156,7 +156,7 @@ def test_shadow_context_changes_only_members_and_seed(small_target) -> None:
 
 @pytest.mark.slow
 def test_defence_aware_lira_trains_pruned_shadows(small_target) -> None:
-    from mcmia_helpers.experiments import DEFENSES
+    from mcmia_helpers.defences import DEFENSES
 
     ctx = small_target
     plain = compute_attack_scores(ctx, DEFENSES["none"](ctx)[0], ["lira_online", "lira_online_aware"])

@@ -13,12 +13,13 @@ from opacus.validators import ModuleValidator
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from mcmia_helpers import experiments
+from mcmia_helpers import context, experiments
+from mcmia_helpers.defences import registry
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import ARCHITECTURES, build_model
-from mcmia_helpers.privacy import (check_delta, check_epsilon, default_delta, dp_train_config,
+from mcmia_helpers.defences.dp import (check_delta, check_epsilon, default_delta, dp_train_config,
                                    train_dp, train_dp_target, validate_dp_params)
-from mcmia_helpers.pruning import MaskCallback, apply_masks
+from mcmia_helpers.defences.pruning import MaskCallback, apply_masks
 from mcmia_helpers.scales import ArchScale, Scale
 from mcmia_helpers.training import TrainConfig, fit, predict_logits
 
@@ -226,15 +227,15 @@ def test_validate_dp_params_fills_defaults_and_rejects_bad_values() -> None:
 
 def test_dp_defence_records_privacy_and_caches_it(monkeypatch) -> None:
     tiny = Scale("ci", {"lenet5": ArchScale(n_members=64, epochs=2, width=0.5)})
-    monkeypatch.setattr(experiments, "get_scale", lambda name=None: tiny)
-    monkeypatch.setitem(experiments.DEFENSES, "dp", train_dp_target)
-    monkeypatch.setitem(experiments.DEFENSE_PARAMS, "dp", ("epsilon", "delta", "max_grad_norm"))
-    monkeypatch.setitem(experiments.PARAM_VALIDATORS, "dp", validate_dp_params)
+    monkeypatch.setattr(context, "get_scale", lambda name=None: tiny)
+    monkeypatch.setitem(registry.DEFENSES, "dp", train_dp_target)
+    monkeypatch.setitem(registry.DEFENSE_PARAMS, "dp", ("epsilon", "delta", "max_grad_norm"))
+    monkeypatch.setitem(registry.PARAM_VALIDATORS, "dp", validate_dp_params)
     with pytest.raises(UserError, match="epsilon -2 must be > 0: use e.g. --epsilon 4"):
-        experiments.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
-                                   params={"epsilon": -2.0}).validate()
-    spec = experiments.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
-                                      params={"epsilon": 2.0, "delta": 1e-4})
+        experiments.validate_spec(context.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
+                                                         params={"epsilon": -2.0}))
+    spec = context.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
+                                  params={"epsilon": 2.0, "delta": 1e-4})
     first = experiments.run_experiment(spec)
     again = experiments.run_experiment(spec)
     assert first["cached"] is False and again["cached"] is True

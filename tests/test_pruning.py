@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from mcmia_helpers import pruning as P
+from mcmia_helpers.defences import pruning as P
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import build_model
 from mcmia_helpers.training import TrainConfig, TrainingCallback, evaluate, fit
@@ -266,11 +266,12 @@ def test_validate_pruning_params() -> None:
 
 
 def test_train_pruned_reuses_dense_and_caches(fashion) -> None:
-    from mcmia_helpers import experiments
+    from mcmia_helpers import context
+    from mcmia_helpers.defences import DEFENSES
 
-    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
-                                      params={"pruning": "admm", "sparsity": 0.8})
-    ctx = experiments.prepare(spec)
+    spec = context.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
+                                  params={"pruning": "admm", "sparsity": 0.8})
+    ctx = context.prepare(spec)
     ctx = replace(ctx, train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
     model, extra = P.train_pruned(ctx)
     json.dumps(extra)  # goes into the JSON record as is
@@ -285,7 +286,7 @@ def test_train_pruned_reuses_dense_and_caches(fashion) -> None:
     assert extra["cached"] is False
     # the dense target is the `none` defence's own cache entry, trained once
     dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
-    assert experiments.DEFENSES["none"](dense_ctx)[1]["cached"] is True
+    assert DEFENSES["none"](dense_ctx)[1]["cached"] is True
     spelled_out = replace(ctx, spec=replace(ctx.spec, params=P.validate_pruning_params(ctx.spec.params)))
     again, extra2 = P.train_pruned(spelled_out)  # defaults written out: the same cache entry
     assert extra2["cached"] is True and extra2["dense_cached"] is True
@@ -294,13 +295,14 @@ def test_train_pruned_reuses_dense_and_caches(fashion) -> None:
 
 
 def test_train_pruned_with_spec_file(fashion, tmp_path) -> None:
-    from mcmia_helpers import experiments
+    from mcmia_helpers import context
+    from mcmia_helpers.defences import DEFENSES
 
     spec_file = tmp_path / "lenet.yaml"
     spec_file.write_text("features.0: 0.0\nclassifier.1: 0.95\ndefault: 0.5\n")
-    spec = experiments.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
-                                      params={"pruning": "magnitude", "sparsity_spec": str(spec_file)})
-    ctx = experiments.prepare(spec)
+    spec = context.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
+                                  params={"pruning": "magnitude", "sparsity_spec": str(spec_file)})
+    ctx = context.prepare(spec)
     ctx = replace(ctx, train_config=replace(ctx.train_config, epochs=2), device=torch.device("cpu"))
     model, extra = P.train_pruned(ctx)
     achieved = extra["sparsity_per_layer"]

@@ -58,10 +58,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mcmia_helpers.compression import (compression_report, effective_weight, prunable_layers,
-                                       sparsity_per_layer)
+from mcmia_helpers.defences.compression import (compression_report, effective_weight,
+                                                prunable_layers, sparsity_per_layer)
+from mcmia_helpers.context import TargetContext
 from mcmia_helpers.data import DatasetBundle
+from mcmia_helpers.defences.registry import train_undefended
 from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import VGG16Small
 from mcmia_helpers.training import (TrainConfig, TrainingCallback, evaluate, fit, get_device,
                                     load_or_train)
 
@@ -598,7 +601,7 @@ def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_pruned(ctx, *, params: Mapping[str, Any] | None = None,
+def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
                  dense: Callable[[], tuple[nn.Module, dict[str, Any]]] | None = None,
                  callback_extra: Callable[[], TrainingCallback] | None = None,
                  cache_extra: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -619,8 +622,6 @@ def train_pruned(ctx, *, params: Mapping[str, Any] | None = None,
     ``sparsity``, ``sparsity_targets``, ``sparsity_achieved``, ``train_acc_before_retrain``,
     the epochs and ``history`` (ADMM, hard-prune and retraining rows, each with its ``phase``).
     """
-    from mcmia_helpers import experiments  # not at import time: experiments registers us
-
     params = validate_pruning_params(ctx.spec.params if params is None else params)
     method = params["pruning"]
     probe = ctx.build()
@@ -637,7 +638,7 @@ def train_pruned(ctx, *, params: Mapping[str, Any] | None = None,
 
     if dense is None:
         dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
-        dense_model, dense_info = experiments.DEFENSES["none"](dense_ctx)
+        dense_model, dense_info = train_undefended(dense_ctx)
     else:
         dense_model, dense_info = dense()
     epochs = max(1, ctx.train_config.epochs // 2)
@@ -716,7 +717,6 @@ def prune_filters_vgg(model: nn.Module, ratio: float) -> nn.Module:
     (unlike unstructured zeros) and can be fine-tuned with :func:`~mcmia_helpers.training.fit`.
     ``model`` is left unchanged.
     """
-    from mcmia_helpers.models import VGG16Small
 
     if not isinstance(model, VGG16Small):
         raise UserError(f"filter pruning is implemented for the small-image vgg16 only (got "

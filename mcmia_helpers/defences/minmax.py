@@ -13,11 +13,11 @@ the member batch vs a sampled reference batch of the same size, both as ``f``'s 
 posteriors with one-hot labels, ``f`` frozen); then one step of ``f`` on its cross-entropy plus
 ``lam * mean log h(f(x), y)`` over the member batch (``h`` frozen): the term ``f`` minimises
 pushes members towards what ``h`` takes for non-members. ``h`` is the Nasr et al. inference
-network of the attacks chapter (:class:`~mcmia_helpers.attacks.InferenceModel`).
+network of the attacks chapter (:class:`~mcmia_helpers.models.InferenceModel`).
 
 :class:`MinMaxCallback` is the game as a :class:`~mcmia_helpers.training.TrainingCallback`, so
 it runs through :func:`~mcmia_helpers.training.fit` unchanged, and through both ADMM phases of
-:func:`~mcmia_helpers.pruning.prune_model` (the paper's "MCMIA-Pruning & Min-Max": the
+:func:`~mcmia_helpers.defences.pruning.prune_model` (the paper's "MCMIA-Pruning & Min-Max": the
 adversarial term is part of the ADMM W-step and of the masked retraining).
 
 Choices where the paper is silent: ``h`` trains with Adam (lr ``1e-3``) on posteriors from
@@ -45,8 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mcmia_helpers.context import TargetContext
 from mcmia_helpers.data import DatasetBundle, MIASplit
+from mcmia_helpers.defences.pruning import PARAM_DEFAULTS as PRUNING_DEFAULTS
+from mcmia_helpers.defences.pruning import train_pruned
 from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import InferenceModel
 from mcmia_helpers.training import TrainingCallback, fit, load_or_train
 
 __all__ = ["MINMAX_DEFAULTS", "MinMaxCallback", "validate_minmax_params", "check_reference_set",
@@ -268,10 +272,8 @@ class MinMaxCallback(TrainingCallback):
 # --------------------------------------------------------------------------- defences
 
 
-def make_minmax_callback(ctx, params: Mapping[str, Any]) -> MinMaxCallback:
+def make_minmax_callback(ctx: TargetContext, params: Mapping[str, Any]) -> MinMaxCallback:
     """A fresh game for the experiment ``ctx``: a seeded ``h`` and ``ctx.split.reference`` as ``D'``."""
-    from mcmia_helpers.attacks import InferenceModel  # attacks imports the experiment machinery
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.spec.seed + 7919)  # h's init: seeded, independent of f's
         h = InferenceModel(ctx.bundle.num_classes, hidden=H_SETTINGS["hidden"])
@@ -284,7 +286,7 @@ def _final(history: list[dict], key: str) -> float | None:
     return float(rows[-1][key]) if rows else None
 
 
-def train_minmax(ctx) -> tuple[nn.Module, dict[str, Any]]:
+def train_minmax(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
     """The ``minmax`` defence: train the target from scratch in the Min-Max game.
 
     ``ctx.spec.params``: ``lam`` (default 3.0) and ``k_steps`` (default 1). ``D`` is
@@ -311,7 +313,7 @@ def train_minmax(ctx) -> tuple[nn.Module, dict[str, Any]]:
                    "cached": info["cached"], "history": history}
 
 
-def train_prune_minmax(ctx) -> tuple[nn.Module, dict[str, Any]]:
+def train_prune_minmax(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
     """The ``prune+minmax`` defence (MCMIA-Pruning & Min-Max): ADMM pruning inside the game.
 
     Starts from the ``minmax`` defence's model for the same ``lam`` and ``k_steps`` (the same
@@ -323,9 +325,7 @@ def train_prune_minmax(ctx) -> tuple[nn.Module, dict[str, Any]]:
     fields: all of the ``prune`` defence's plus ``lam``, ``k_steps``, ``final_gain``,
     ``final_h_acc`` and the dense model's ``minmax_final_gain``.
     """
-    from mcmia_helpers import pruning as P
-
-    mm = validate_minmax_params(ctx.spec.params, other_keys=tuple(P.PARAM_DEFAULTS))
+    mm = validate_minmax_params(ctx.spec.params, other_keys=tuple(PRUNING_DEFAULTS))
     prune_params = {k: v for k, v in ctx.spec.params.items() if k not in MINMAX_DEFAULTS}
     check_reference_set(ctx.split)
     minmax_ctx = replace(ctx, spec=replace(ctx.spec, defense="minmax", params=dict(mm)))
@@ -336,7 +336,7 @@ def train_prune_minmax(ctx) -> tuple[nn.Module, dict[str, Any]]:
         dense_extra.update(extra)
         return model, extra
 
-    model, extra = P.train_pruned(
+    model, extra = train_pruned(
         ctx, params=prune_params, dense=dense, callback_extra=lambda: make_minmax_callback(ctx, mm),
         cache_extra={"inference_model": H_SETTINGS, "minmax_version": MINMAX_VERSION, "minmax": mm})
     history = extra["history"]

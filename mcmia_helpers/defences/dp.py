@@ -20,7 +20,7 @@ the device. The model must be in the DP-compatible form of
 examples of a batch; no in-place operations, which break Opacus' hooks); it is checked with
 Opacus' ``ModuleValidator.validate``, never silently changed with ``ModuleValidator.fix``.
 
-:func:`train_dp_target` is the ``dp`` defence of :data:`~mcmia_helpers.experiments.DEFENSES`
+:func:`train_dp_target` is the ``dp`` defence of :data:`~mcmia_helpers.defences.registry.DEFENSES`
 (parameters ``epsilon``, ``delta``, ``max_grad_norm``, checked by :func:`validate_dp_params`).
 
 Choices stated once:
@@ -59,6 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from mcmia_helpers.context import TargetContext
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import atomic_torch_save
@@ -476,7 +477,7 @@ def privacy_info(history: list[dict[str, float]], *, target_epsilon: float, delt
 # --------------------------------------------------------------------------- the defence
 
 
-def train_dp_target(ctx) -> tuple[nn.Module, dict[str, Any]]:
+def train_dp_target(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
     """The ``dp`` defence: the target trained with DP-SGD (``ctx`` is a ``TargetContext``).
 
     Parameters from ``ctx.spec.params``: ``epsilon`` (default 4), ``delta`` (default

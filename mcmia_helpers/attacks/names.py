@@ -1,0 +1,75 @@
+"""The attacks by name: what exists, what each attacker knows, and which a scale affords.
+
+Chapter 1 (threat models) introduces them; the command line's ``--attacks`` and the grid's
+``attacks:`` are checked here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from mcmia_helpers.errors import UserError
+
+if TYPE_CHECKING:
+    from mcmia_helpers.scales import ArchScale
+
+SHADOW_ATTACKS = ("shadow_top3", "shadow_label")
+METRIC_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
+LIRA_ATTACKS = ("lira_online", "lira_offline")
+DEFENCE_AWARE_ATTACKS = ("lira_online_aware", "lira_offline_aware")
+ATTACKS: tuple[str, ...] = (SHADOW_ATTACKS + ("nasr_inference",) + METRIC_ATTACKS + LIRA_ATTACKS
+                            + DEFENCE_AWARE_ATTACKS)
+
+#: What each attacker knows besides black-box access to the target's softmax output.
+THREAT_MODELS: dict[str, str] = {
+    "shadow_top3": "data from the target's distribution (shadow pool), the architecture and training "
+                   "recipe; attack network trained on shadow models' sorted top-3 posteriors",
+    "shadow_label": "as shadow_top3, plus the true label of each query",
+    "nasr_inference": "half of the target's members (known members) and reference non-members from "
+                      "the same distribution; evaluated on the other half of the members",
+    "loss": "the true label of each query; threshold calibrated on shadow models",
+    "confidence": "nothing else (label-free); threshold calibrated on shadow models",
+    "entropy": "nothing else (label-free); threshold calibrated on shadow models",
+    "modified_entropy": "the true label of each query; threshold calibrated on shadow models",
+    "correctness": "the true label of each query; threshold calibrated on shadow models",
+    "lira_online": "the candidate set (members and non-members, not which is which), the architecture "
+                   "and training recipe; shadow models trained on random halves of the candidates",
+    "lira_offline": "as lira_online, but uses only shadow models that did not train on the query",
+    "lira_online_aware": "as lira_online, plus the target's defence and its parameters: every shadow "
+                         "model is trained with that defence (e.g. pruned to the same sparsity)",
+    "lira_offline_aware": "as lira_offline, with shadow models trained with the target's defence",
+}
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_attack_names(names: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Attack names as a tuple (a string is split on commas); unknown names raise a UserError."""
+    if names is None:
+        return ATTACKS
+    if isinstance(names, str):
+        names = [n for n in (s.strip() for s in names.split(",")) if n]
+    names = tuple(dict.fromkeys(names))
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise UserError(f"unknown attack(s) {', '.join(map(repr, unknown))}: choose from "
+                        f"{', '.join(ATTACKS)}")
+    if not names:
+        raise UserError(f"no attack named: choose from {', '.join(ATTACKS)}")
+    return names
+
+
+def default_attacks(scale: ArchScale) -> tuple[str, ...]:
+    """Every attack the scale affords: shadow-model attacks need ``n_shadow_models >= 1``, LiRA
+    needs ``n_lira_models >= 2`` (one IN and one OUT model per example). The defence-aware LiRA
+    attacks are never defaults (they repeat the defended training ``n_lira_models`` times)."""
+    out = []
+    for name in ATTACKS:
+        if name in DEFENCE_AWARE_ATTACKS:
+            continue
+        if name in SHADOW_ATTACKS + METRIC_ATTACKS and scale.n_shadow_models < 1:
+            continue
+        if name in LIRA_ATTACKS and scale.n_lira_models < 2:
+            continue
+        out.append(name)
+    return tuple(out)

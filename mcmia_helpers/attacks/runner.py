@@ -1,0 +1,257 @@
+"""Running attacks on one target: scores of every attack asked for, then their metrics.
+
+:func:`compute_attack_scores` trains (or loads) the attacker's models and returns per-example
+scores; :func:`run_attacks` adds the metrics with intervals. Used by
+:func:`mcmia_helpers.experiments.run_experiment` and the chapters.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mcmia_helpers.attacks.classifiers import (label_features, top3_features,
+                                               inference_scores, train_attack_classifier,
+                                               train_inference_model)
+from mcmia_helpers.attacks.lira import lira_scores, lira_threshold
+from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS, METRIC_ATTACKS,
+                                         SHADOW_ATTACKS, THREAT_MODELS, default_attacks,
+                                         validate_attack_names)
+from mcmia_helpers.attacks.scores import METRIC_SCORES, calibrate_threshold, logit_confidence
+from mcmia_helpers.attacks.shadows import (attacker_builder, attacker_cache_config, attacker_seed,
+                                           defence_aware_models, lira_candidates,
+                                           lira_model_specs, shadow_model_specs)
+from mcmia_helpers.context import TargetContext
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.io import atomic_write
+from mcmia_helpers.metrics import attack_metrics
+from mcmia_helpers.shadow import load_or_train_models, predict_logits_many
+from mcmia_helpers.training import predict_logits
+
+
+@dataclass
+class AttackScores:
+    """Per-example scores of several attacks on one target.
+
+    ``indices`` (dataset indices), ``labels`` (1 member, 0 non-member) and ``classes`` (true
+    class) cover the evaluated examples, members first. ``scores[name]`` holds one score per
+    example, NaN where the attack does not evaluate an example (``nasr_inference`` trains on
+    half of the members and is evaluated on the other half against as many non-members).
+    ``thresholds[name]`` is the calibrated threshold, or None (then the accuracy is the oracle's).
+    """
+
+    indices: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def evaluated(self, name: str) -> np.ndarray:
+        """Boolean mask of the examples ``name`` is evaluated on."""
+        return np.isfinite(self.scores[name])
+
+    def metrics(self, n_bootstrap: int = 200, seed: int = 0) -> dict[str, dict]:
+        """``{name: attack_metrics(...)}`` plus each attack's threat model and evaluation set."""
+        out = {}
+        for name, s in self.scores.items():
+            mask = self.evaluated(name)
+            record = attack_metrics(self.labels[mask], s[mask], self.thresholds.get(name),
+                                    n_bootstrap=n_bootstrap, seed=seed)
+            record["knowledge"] = THREAT_MODELS[name]
+            if name in self.notes:
+                record["note"] = self.notes[name]
+            out[name] = record
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an ``.npz`` (atomically): ``indices``, ``labels``, ``classes``, ``attacks`` and
+        per attack ``score_<name>`` (NaN = not evaluated) and ``threshold_<name>`` (NaN = none)."""
+        arrays = {"indices": self.indices, "labels": self.labels, "classes": self.classes,
+                  "attacks": np.array(list(self.scores), dtype=str)}
+        for name, s in self.scores.items():
+            arrays[f"score_{name}"] = s
+            t = self.thresholds.get(name)
+            arrays[f"threshold_{name}"] = np.array(np.nan if t is None else t)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def _logits_of(models: Sequence[nn.Module], ctx: TargetContext, indices: torch.Tensor) -> torch.Tensor:
+    return predict_logits_many(models, ctx.bundle, indices, device=ctx.device)
+
+
+def compute_attack_scores(ctx: TargetContext, model: nn.Module,
+                          names: str | Iterable[str] | None = None, *,
+                          lira_global_variance: bool | None = None,
+                          cache: str | os.PathLike | None = None) -> AttackScores:
+    """Run the attacks ``names`` (default: :func:`default_attacks`) against ``model``; return scores.
+
+    Shadow and LiRA models are trained on ``ctx.device`` (together, see
+    :mod:`mcmia_helpers.shadow`) or loaded from the cache. ``lira_global_variance`` defaults
+    to ``n_lira_models < 64``. The defence-aware LiRA attacks use the same IN/OUT sets and
+    seeds as plain LiRA, with shadow models from :func:`defence_aware_models` (for an
+    undefended target they are the plain LiRA models), so the two differ only by the defence.
+    """
+    names = default_attacks(ctx.arch_scale) if names is None else validate_attack_names(names)
+    scale = ctx.arch_scale
+    if any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names) and scale.n_shadow_models < 1:
+        raise UserError(f"the shadow-model attacks need n_shadow_models >= 1 at scale "
+                        f"'{ctx.spec.scale}': drop them from --attacks")
+    if any(n in LIRA_ATTACKS + DEFENCE_AWARE_ATTACKS for n in names) and scale.n_lira_models < 2:
+        raise UserError(f"LiRA needs n_lira_models >= 2 at scale '{ctx.spec.scale}': drop "
+                        "the lira_* attacks from --attacks")
+    split, bundle, device = ctx.split, ctx.bundle, ctx.device
+    model = model.to(device)
+    eval_idx = torch.cat([split.members, split.nonmembers])
+    labels = np.r_[np.ones(len(split.members)), np.zeros(len(split.nonmembers))].astype(np.int64)
+    eval_classes = bundle.labels[eval_idx]
+    target_logits = predict_logits(model, bundle, eval_idx, device=device)
+    out = AttackScores(eval_idx.numpy(), labels, eval_classes.numpy())
+
+    # Specs of every attacker model needed, trained together where they are missing.
+    need_shadow = any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names)
+    need_aware = any(n in DEFENCE_AWARE_ATTACKS for n in names)
+    # Against an undefended target the defence-aware shadow models are the plain LiRA ones.
+    need_lira = any(n in LIRA_ATTACKS for n in names) or (need_aware and ctx.spec.defense == "none")
+    shadow_specs, shadow_in = shadow_model_specs(ctx) if need_shadow else ([], None)
+    lira_specs, lira_in = lira_model_specs(ctx) if need_lira or need_aware else ([], None)
+    plain_lira_specs = lira_specs if need_lira else []
+    all_models, _ = load_or_train_models(attacker_cache_config(ctx), attacker_builder(ctx), bundle,
+                                         shadow_specs + plain_lira_specs, ctx.train_config,
+                                         device=device, progress=ctx.progress, cache=cache)
+    shadow_models, lira_models = all_models[:len(shadow_specs)], all_models[len(shadow_specs):]
+
+    if need_shadow:
+        pool = split.shadow_pool
+        pool_logits = _logits_of(shadow_models, ctx, pool)  # (S, P, C)
+        pool_labels = bundle.labels[pool]
+        flat_logits = pool_logits.flatten(0, 1)
+        flat_labels = pool_labels.repeat(len(shadow_models))
+        flat_in = shadow_in.flatten().long()
+        for name in names:
+            if name in METRIC_ATTACKS:
+                fn = METRIC_SCORES[name]
+                out.scores[name] = fn(target_logits, eval_classes)
+                out.thresholds[name] = calibrate_threshold(fn(flat_logits, flat_labels), flat_in.numpy())
+        for name, featurise in (("shadow_top3", lambda lg, y: top3_features(lg)),
+                                ("shadow_label", label_features)):
+            if name in names:
+                net = train_attack_classifier(featurise(flat_logits, flat_labels), flat_in,
+                                              seed=attacker_seed(ctx, 33))
+                with torch.no_grad():
+                    out.scores[name] = net(featurise(target_logits, eval_classes)).double().numpy()
+                out.thresholds[name] = 0.0  # the attack network's own decision (p = 0.5)
+
+    if "nasr_inference" in names:
+        out.scores["nasr_inference"], out.notes["nasr_inference"] = _nasr_attack(ctx, model, target_logits,
+                                                                                 eval_classes)
+        out.thresholds["nasr_inference"] = 0.0
+
+    if need_lira or need_aware:
+        candidates = lira_candidates(ctx)
+        to_sorted = torch.argsort(eval_idx)  # candidates == eval_idx[to_sorted]
+        to_eval = torch.argsort(to_sorted).numpy()
+        cand_labels = bundle.labels[candidates]
+        target_cand = logit_confidence(target_logits[to_sorted], cand_labels)
+        global_var = scale.n_lira_models < 64 if lira_global_variance is None else lira_global_variance
+        variance = "global" if global_var else "per-example"
+
+        def add_lira(models: Sequence[nn.Module], pairs: tuple[tuple[str, bool], ...], how: str) -> None:
+            shadow_logits = _logits_of(models, ctx, candidates)  # (N, E, C)
+            shadow_stats = logit_confidence(shadow_logits, cand_labels.expand(len(models), -1))
+            for name, online in pairs:
+                if name in names:
+                    s = lira_scores(target_cand, shadow_stats, lira_in, online, global_var)
+                    out.scores[name] = s[to_eval]
+                    out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
+                    out.notes[name] = (f"{len(models)} shadow models{how}, {variance} variance; threshold "
+                                       + ("leave-one-out on the shadow models"
+                                          if out.thresholds[name] is not None
+                                          else "not calibrated (fewer than 4 shadow models): oracle"))
+
+        if any(n in LIRA_ATTACKS for n in names):
+            add_lira(lira_models, (("lira_online", True), ("lira_offline", False)), "")
+        if need_aware:
+            aware = lira_models if ctx.spec.defense == "none" else defence_aware_models(ctx, lira_specs)
+            add_lira(aware, (("lira_online_aware", True), ("lira_offline_aware", False)),
+                     f" trained with the target's defence ({ctx.spec.defense}"
+                     + "".join(f", {k}={v}" for k, v in sorted(ctx.spec.params.items())) + ")")
+    out.scores = {n: out.scores[n] for n in names}  # in the order asked for
+    return out
+
+
+@dataclass
+class NasrSets:
+    """Who is who in the Nasr et al. attack, as positions in ``split.members`` / ``split.nonmembers``.
+
+    ``known``: members the attacker knows (half, its training positives); ``held_out``: the other
+    members, evaluated; ``eval_nonmembers``: as many non-members, evaluated; ``reference``: dataset
+    indices from the shadow pool, the attacker's training negatives (never evaluated).
+    """
+
+    known: torch.Tensor
+    held_out: torch.Tensor
+    eval_nonmembers: torch.Tensor
+    reference: torch.Tensor
+
+
+def nasr_sets(ctx: TargetContext) -> NasrSets:
+    """The seeded, disjoint training and evaluation sets of ``nasr_inference``."""
+    split = ctx.split
+    n_mem, n_non = len(split.members), len(split.nonmembers)
+    gen = torch.Generator().manual_seed(attacker_seed(ctx, 44))
+    perm = torch.randperm(n_mem, generator=gen)
+    known, held_out = perm[:n_mem // 2], perm[n_mem // 2:]
+    n_eval = min(len(held_out), n_non)
+    eval_non = torch.randperm(n_non, generator=gen)[:n_eval]
+    n_ref = min(len(known), len(split.shadow_pool))
+    reference = split.shadow_pool[torch.randperm(len(split.shadow_pool), generator=gen)[:n_ref]]
+    return NasrSets(known.sort().values, held_out[:n_eval].sort().values, eval_non.sort().values,
+                    reference.sort().values)
+
+
+def _nasr_attack(ctx: TargetContext, model: nn.Module, target_logits: torch.Tensor,
+                 eval_classes: torch.Tensor) -> tuple[np.ndarray, str]:
+    """Nasr et al.'s inference attack on the sets of :func:`nasr_sets`. Returns scores in the
+    evaluation order (members, then non-members), NaN for examples not evaluated, and a note."""
+    sets = nasr_sets(ctx)
+    n_mem = len(ctx.split.members)
+    ref_logits = predict_logits(model, ctx.bundle, sets.reference, device=ctx.device)
+    probs = F.softmax(target_logits.float(), dim=-1)
+    net = train_inference_model(probs[sets.known], eval_classes[sets.known],
+                                F.softmax(ref_logits.float(), dim=-1), ctx.bundle.labels[sets.reference],
+                                seed=attacker_seed(ctx, 45))
+    all_scores = inference_scores(net, target_logits, eval_classes)
+    scores = np.full(len(all_scores), np.nan)
+    evaluated = torch.cat([sets.held_out, n_mem + sets.eval_nonmembers]).numpy()
+    scores[evaluated] = all_scores[evaluated]
+    note = (f"trained on {len(sets.known)} known members vs {len(sets.reference)} reference "
+            f"non-members (shadow pool); evaluated on the other {len(sets.held_out)} members vs "
+            f"{len(sets.eval_nonmembers)} non-members")
+    return scores, note
+
+
+def run_attacks(ctx: TargetContext, model: nn.Module, names: str | Iterable[str] | None = None, *,
+                save_scores: str | os.PathLike | None = None, n_bootstrap: int = 200,
+                cache: str | os.PathLike | None = None) -> dict[str, dict]:
+    """Run membership inference attacks on ``model`` (the target of ``ctx``); return their metrics.
+
+    Evaluates on ``ctx.split.members`` (label 1) vs ``ctx.split.nonmembers`` (label 0) and
+    returns ``{name: attack_metrics(...) + {"knowledge", "note"?}}`` for each attack in
+    ``names`` (a list or a comma-separated string; default: all that ``ctx.arch_scale``
+    affords). ``save_scores`` writes the per-example scores as an ``.npz`` (see
+    :meth:`AttackScores.save`).
+    """
+    scores = compute_attack_scores(ctx, model, names, cache=cache)
+    if save_scores is not None:
+        scores.save(save_scores)
+    return scores.metrics(n_bootstrap=n_bootstrap, seed=int(ctx.spec.seed))

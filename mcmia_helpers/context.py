@@ -1,0 +1,127 @@
+"""The experiment context: what a defence's trainer needs, and nothing about attacks or defences.
+
+An :class:`ExperimentSpec` says what to run (architecture, data, defence name and parameters,
+scale, seed); :func:`prepare` turns it into a :class:`TargetContext`: the loaded data (naming
+any offline stand-in), the disjoint member/non-member split, the training recipe of the scale
+and the device. :func:`shadow_context` gives the same recipe on other members, which is how a
+defence-aware attacker trains its shadow models. The context knows no attack and no defence:
+checking a spec's defence and attack names is the job of :mod:`mcmia_helpers.experiments`,
+which sits above both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from mcmia_helpers.data import DatasetBundle, MIASplit, load_dataset, make_split
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.models import ARCHITECTURES, build_model
+from mcmia_helpers.scales import ArchScale, get_scale, split_sizes
+from mcmia_helpers.training import TrainConfig, get_device
+
+
+#: The dataset each architecture is run on in the paper, and this book's offline stand-in.
+PAPER_DATASETS = {"lenet5": "mnist", "vgg16": "cifar10", "mobilenetv2": "cifar10", "resnet18": "cifar10"}
+OFFLINE_STANDIN = "fashion-mnist"
+
+
+@dataclass
+class ExperimentSpec:
+    """What to run: architecture, data, defence (with its parameters), scale and seed."""
+
+    arch: str
+    dataset: str
+    defense: str = "none"
+    scale: str = "ci"
+    seed: int = 0
+    standin: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    imagenet_root: str | None = None
+    imagenet_size: int = 64
+    imagenet_classes: int | None = 100
+    attacks: tuple[str, ...] | None = None
+
+    def validate(self) -> None:
+        """Check what the context itself needs (architecture, seed, scale); one-line UserError.
+
+        The defence's name and parameters and the attack names are checked by
+        :func:`mcmia_helpers.experiments.validate_spec`, which knows the registries.
+        """
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES)}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
+        get_scale(self.scale)
+
+
+@dataclass
+class TargetContext:
+    """Everything a defence's trainer needs to train the target model."""
+
+    spec: ExperimentSpec
+    arch_scale: ArchScale
+    bundle: DatasetBundle
+    split: MIASplit
+    train_config: TrainConfig
+    device: torch.device
+    progress: bool = False
+    #: Extra entries of the cache key (a defence-aware shadow model's members, see
+    #: :func:`shadow_context`); empty for a target, so targets keep their keys.
+    cache_extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, dp_compatible: bool = False) -> nn.Module:
+        """A fresh, seeded model of the experiment's architecture for this data."""
+        torch.manual_seed(self.spec.seed)
+        return build_model(self.spec.arch, num_classes=self.bundle.num_classes,
+                           in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
+                           width=self.arch_scale.width, dp_compatible=dp_compatible)
+
+    def cache_config(self, **extra: Any) -> dict[str, Any]:
+        """The full configuration that identifies a trained target in the cache."""
+        return {"arch": self.spec.arch, "dataset": self.bundle.name_used, "view": self.bundle.view,
+                "width": self.arch_scale.width, "split_seed": self.split.seed,
+                "split_sizes": self.split.sizes(), "train": self.train_config.to_dict(),
+                "defense": self.spec.defense, "params": self.spec.params, **self.cache_extra, **extra}
+
+
+def arch_view(arch: str, bundle: DatasetBundle) -> DatasetBundle:
+    """The view of ``bundle`` that ``arch`` runs on: CIFAR architectures need 32x32 RGB."""
+    if arch != "lenet5" and bundle.image_size < 32:
+        return bundle.as_view(32, 3)
+    return bundle
+
+
+def prepare(spec: ExperimentSpec, progress: bool = False) -> TargetContext:
+    """Load data, draw the split and fix the training configuration for ``spec``."""
+    spec.validate()
+    arch_scale = get_scale(spec.scale).for_arch(spec.arch)
+    bundle = load_dataset(spec.dataset, standin=spec.standin, imagenet_root=spec.imagenet_root,
+                          imagenet_size=spec.imagenet_size, imagenet_classes=spec.imagenet_classes)
+    bundle = arch_view(spec.arch, bundle)
+    sizes = split_sizes(arch_scale.n_members).fit_to(len(bundle))
+    split = make_split(len(bundle), sizes, seed=spec.seed, dataset=bundle.name_used)
+    config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,
+                         optimizer=arch_scale.optimizer, lr=arch_scale.lr,
+                         weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
+                         seed=spec.seed)
+    return TargetContext(spec, arch_scale, bundle, split, config, get_device(), progress)
+
+
+def shadow_context(ctx: TargetContext, members: torch.Tensor, seed: int) -> TargetContext:
+    """The target's whole recipe on other members: what a defence-aware attacker trains.
+
+    Same data, architecture, training configuration, defence and defence parameters as ``ctx``;
+    only the training members and the seed (initialisation and data order) change. Trained
+    models are cached under a key that adds a hash of ``members``, so they never collide with
+    the target or with each other.
+    """
+    members = torch.as_tensor(members, dtype=torch.long)
+    digest = hashlib.sha256(members.cpu().numpy().tobytes()).hexdigest()[:16]
+    return replace(ctx, spec=replace(ctx.spec, seed=int(seed)), split=replace(ctx.split, members=members),
+                   train_config=replace(ctx.train_config, seed=int(seed)),
+                   cache_extra={**ctx.cache_extra, "role": "defence-aware shadow", "members_sha256": digest})
