@@ -16,8 +16,11 @@ from typing import Sequence
 
 from mcmia_helpers.data import DATASETS
 from mcmia_helpers.errors import UserError
+from mcmia_helpers.io import check_output_path
 from mcmia_helpers.models import ARCHITECTURES
 from mcmia_helpers.scales import SCALES
+from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, SEED_LIMIT, check_environment,
+                                      check_params, check_seed)
 
 EXIT_USER_ERROR = 2
 
@@ -29,27 +32,48 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _argtype(check, *args):
+    """An argparse ``type`` from a validation function (its UserError becomes argparse's error)."""
+    def convert(text: str):
+        try:
+            return check(text, *args)
+        except UserError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = getattr(check, "__name__", "value")
+    return convert
+
+
 def _seed(text: str) -> int:
+    return _argtype(check_seed)(text)
+
+
+def _number(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seed '{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed {value} is negative: use a seed >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     return value
 
 
-def _writable_file(text: str) -> Path:
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"--out {text} is a folder: give a file name such as {text}/record.json")
-    parent = path.parent if str(path.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise argparse.ArgumentTypeError(f"cannot write {text}: {probe} is not a writable folder")
-    return path
+def _int_in(low: int, high: int):
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use an integer in [{low}, {high}]")
+        return value
+    convert.__name__ = "integer"
+    return convert
+
+
+def _output(what: str):
+    """An argparse ``type`` for an output file, checked up front (see ``check_output_path``)."""
+    def convert(text: str) -> Path:
+        return _argtype(check_output_path, what)(text)
+    convert.__name__ = "path"
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,41 +90,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="dataset to use instead when --dataset is not available offline (named in the record)")
     run.add_argument("--defense", default="none", choices=sorted(DEFENSES))
     run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
-    run.add_argument("--seed", type=_seed, default=0)
+    run.add_argument("--seed", type=_seed, default=0, help=f"random seed, an integer in [0, {SEED_LIMIT})")
     defence = run.add_argument_group("defence parameters (each applies to the defences named)")
     defence.add_argument("--pruning", choices=("admm", "magnitude", "iterative"), default=None,
                          help="pruning method for prune, prune+minmax (default admm)")
-    defence.add_argument("--sparsity", type=float, default=None,
+    defence.add_argument("--sparsity", type=_number, default=None,
                          help="fraction of conv/linear weights pruned, in [0, 1) (default 0.9)")
     defence.add_argument("--sparsity-spec", default=None,
                          help="JSON/YAML file {layer: sparsity, default: s}; replaces --sparsity")
-    defence.add_argument("--lam", type=float, default=None,
+    defence.add_argument("--lam", type=_number, default=None,
                          help="strength of the Min-Max adversarial term for minmax, prune+minmax (default 3)")
-    defence.add_argument("--k-steps", type=int, default=None,
+    defence.add_argument("--k-steps", type=_int_in(1, 100), default=None,
                          help="inference-model steps per classifier step in the Min-Max game (default 1)")
-    defence.add_argument("--epsilon", type=float, default=None, help="DP-SGD target epsilon for dp (default 4)")
-    defence.add_argument("--delta", type=float, default=None, help="DP-SGD delta (default: a power of ten below 1/n)")
-    defence.add_argument("--max-grad-norm", type=float, default=None, help="DP-SGD per-example clipping norm (default 1)")
+    defence.add_argument("--epsilon", type=_number, default=None, help="DP-SGD target epsilon for dp (default 4)")
+    defence.add_argument("--delta", type=_number, default=None, help="DP-SGD delta (default: a power of ten below 1/n)")
+    defence.add_argument("--max-grad-norm", type=_number, default=None, help="DP-SGD per-example clipping norm (default 1)")
     from mcmia_helpers.attacks import ATTACKS
 
     run.add_argument("--attacks", default=None,
                      help=f"comma-separated attacks (default: all the scale affords): {', '.join(ATTACKS)}")
-    run.add_argument("--save-scores", type=_writable_file, default=None,
+    run.add_argument("--save-scores", type=_output("--save-scores"), default=None,
                      help="write per-example attack scores, membership labels and indices to this .npz")
-    run.add_argument("--out", type=_writable_file, default=None, help="where the JSON record goes (default: stdout)")
+    run.add_argument("--out", type=_output("--out"), default=None, help="where the JSON record goes (default: stdout)")
     run.add_argument("--imagenet-root", default=None, help="ImageFolder root with train/ and val/ (for --dataset imagenet)")
-    run.add_argument("--imagenet-size", type=int, default=64, help="image resolution for ImageNet (default 64)")
-    run.add_argument("--imagenet-classes", type=int, default=100, help="keep the first K ImageNet classes (default 100)")
+    run.add_argument("--imagenet-size", type=_int_in(*IMAGENET_SIZE), default=64,
+                     help="image resolution for ImageNet (default 64)")
+    run.add_argument("--imagenet-classes", type=_int_in(*IMAGENET_CLASSES), default=100,
+                     help="keep the first K ImageNet classes (default 100)")
     run.add_argument("--progress", action="store_true", help="show progress bars")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check every input, print the cell id, and stop before loading data or training")
 
     grid = sub.add_parser("grid", help="run a grid of experiments from a YAML config, resuming where it stopped")
     grid.add_argument("--config", required=True, help="grid file, or a shipped grid: ci, book or paper")
-    grid.add_argument("--out", required=True, type=_writable_file, help="JSON-lines results file (appended, never rewritten)")
+    grid.add_argument("--out", required=True, type=_output("--out"),
+                      help="JSON-lines results file (appended under a lock; damaged lines are set aside)")
     grid.add_argument("--only", default=None, help="run only the cells whose id contains this text")
     grid.add_argument("--scale", default=None, choices=SCALES, help="override the config's scale")
     grid.add_argument("--print-commands", action="store_true",
                       help="print one `run` command per missing cell (for a SLURM array or Ray) instead of running")
     grid.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grid.add_argument("--dry-run", action="store_true",
+                      help="check the grid file and print how many cells would run, then stop")
 
     data = sub.add_parser("data", help="prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
@@ -108,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", choices=DATASETS)
     fetch.add_argument("--root", default=None, help="data folder (default: MCMIA_DATA or ~/.cache/mcmia/data)")
     fetch.add_argument("--imagenet-root", default=None)
+    fetch.add_argument("--dry-run", action="store_true", help="check the inputs and stop before fetching")
     return parser
 
 
@@ -120,6 +152,7 @@ def _run(args: argparse.Namespace) -> int:
 
     all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
     params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
+    check_params(params)
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else None
     spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,
@@ -127,7 +160,13 @@ def _run(args: argparse.Namespace) -> int:
                           imagenet_classes=args.imagenet_classes, attacks=attacks)
     validate_spec(spec)
     split_path = args.out.with_suffix(".split.json") if args.out else None
+    if split_path is not None:
+        check_output_path(split_path, "the split file")
     from mcmia_helpers.grid import cell_id
+
+    if args.dry_run:
+        print(cell_id(spec))
+        return 0
 
     record = run_experiment(spec, progress=args.progress, split_path=split_path,
                             save_scores=args.save_scores)
@@ -146,11 +185,16 @@ def _grid(args: argparse.Namespace) -> int:
     from mcmia_helpers import grid as grid_runner
 
     grid = grid_runner.load_grid(args.config)
+    specs = list(grid_runner.expand(grid, args.scale))
+    selected = {id(s) for s in grid_runner.select(specs, args.only)}
+    done = grid_runner.done_cells(args.out)
+    if args.dry_run:
+        todo = [s for s in specs if id(s) in selected and grid_runner.cell_id(s) not in done]
+        print(f"{len(todo)} of {len(specs)} cells to run ({len(specs) - len(todo)} done or not selected)")
+        return 0
     if args.print_commands:
-        done = grid_runner.done_cells(args.out)
-        for i, spec in enumerate(grid_runner.expand(grid, args.scale)):
-            cell = grid_runner.cell_id(spec)
-            if cell not in done and (args.only is None or args.only in cell):
+        for i, spec in enumerate(specs):
+            if id(spec) in selected and grid_runner.cell_id(spec) not in done:
                 print(grid_runner.run_command(spec, out=f"records/cell-{i:04d}.json"))
         return 0
     records = grid_runner.run_grid(grid, args.out, only=args.only, scale=args.scale,
@@ -164,13 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_environment(args.command)
         if args.command == "run":
             return _run(args)
         if args.command == "grid":
             return _grid(args)
         if args.command == "data":
-            from mcmia_helpers.data import fetch_dataset
+            from mcmia_helpers.data import data_root, fetch_dataset
+            from mcmia_helpers.io import check_writable_dir
 
+            if args.root is not None:
+                check_writable_dir(data_root(args.root), "--root")
+            if args.dry_run:
+                print(f"would fetch {args.name} into {data_root(args.root)}")
+                return 0
             print(fetch_dataset(args.name, root=args.root, imagenet_root=args.imagenet_root))
             return 0
     except UserError as err:

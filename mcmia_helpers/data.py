@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -266,27 +267,52 @@ def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int
     if not root.is_dir():
         raise UserError(f"imagenet root {root} is not a folder: pass --imagenet-root to a folder "
                         "with train/ and val/ ImageFolder trees")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= 1024:
+        raise UserError(f"imagenet size {image_size!r} is not an integer in [8, 1024]: use e.g. "
+                        "--imagenet-size 64")
+    if classes is not None and (isinstance(classes, bool) or not isinstance(classes, int) or classes < 1):
+        raise UserError(f"imagenet classes {classes!r} is not an integer >= 1: use e.g. "
+                        "--imagenet-classes 100")
     import torchvision
     from torchvision import transforms
 
+    from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, set_aside
+
     splits = [root / s for s in ("train", "val") if (root / s).is_dir()] or [root]
-    key = f"imagenet-{abs(hash(str(root.resolve())))}-{image_size}-{classes}"
-    cached = cache_dir / f"{key}.pt"
+    # A stable key (Python's hash() of a string changes with every process).
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    cached = cache_dir / f"imagenet-{digest}-{image_size}-{classes}.pt"
     if cached.exists():
-        blob = torch.load(cached, weights_only=True)
-        return blob["images"], blob["labels"], int(blob["num_classes"])
+        try:
+            blob, had_digest = load_verified(cached)
+            out = blob["images"], blob["labels"], int(blob["num_classes"])
+        except (DamagedFile, KeyError, TypeError, ValueError) as exc:
+            set_aside(cached, str(exc), "decoding the images again")
+        else:
+            if not had_digest:
+                with contextlib.suppress(UserError):
+                    atomic_torch_save(blob, cached)
+            return out
     tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size),
                              transforms.PILToTensor()])
     images, labels = [], []
     class_names = None
     for split in splits:
-        ds = torchvision.datasets.ImageFolder(str(split), transform=tf)
+        try:
+            ds = torchvision.datasets.ImageFolder(str(split), transform=tf)
+        except (FileNotFoundError, OSError) as exc:
+            raise UserError(f"no images found under {split} ({str(exc).splitlines()[0][:80]}): "
+                            "expected ImageFolder trees (one folder per class) in train/ and val/") from None
         if class_names is None:
             class_names = ds.classes[:classes] if classes else ds.classes
         keep = {ds.class_to_idx[c]: i for i, c in enumerate(class_names) if c in ds.class_to_idx}
         for path, target in ds.samples:
             if target in keep:
-                img = tf(ds.loader(path))
+                try:
+                    img = tf(ds.loader(path))
+                except (OSError, ValueError, SyntaxError) as exc:  # PIL: UnidentifiedImageError, truncated
+                    raise UserError(f"cannot read image {path} ({type(exc).__name__}): remove or "
+                                    "replace the damaged file") from None
                 if img.shape[0] == 1:
                     img = img.expand(3, -1, -1)
                 images.append(img[:3])
@@ -295,8 +321,6 @@ def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int
         raise UserError(f"no images found under {root}: expected ImageFolder trees "
                         "(one folder per class) in train/ and val/")
     out = torch.stack(images), torch.tensor(labels, dtype=torch.long), len(class_names)
-    from mcmia_helpers.io import atomic_torch_save
-
     atomic_torch_save({"images": out[0], "labels": out[1], "num_classes": out[2]}, cached)
     return out
 

@@ -13,3 +13,8 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class TrainingDiverged(UserError):
+    """Training produced a non-finite loss or weights: usually a learning rate or a defence
+    strength (``--lam``, ``--max-grad-norm``) far too large. Nothing is cached."""

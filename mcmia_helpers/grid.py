@@ -28,7 +28,6 @@ array, Ray, submitit) can fan the grid out; the records can then be concatenated
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shlex
 from pathlib import Path
@@ -37,14 +36,11 @@ from typing import Any, Iterator
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec
 from mcmia_helpers.experiments import run_experiment, validate_spec
-from mcmia_helpers.io import append_jsonl
+from mcmia_helpers.io import append_jsonl, read_jsonl
+from mcmia_helpers.validation import check_params, check_seed, load_grid_text
 
 #: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
-
-_CELL_KEYS = {"arch", "dataset", "standin", "defenses", "imagenet_root", "imagenet_size",
-              "imagenet_classes"}
-
 
 def bundled_names() -> list[str]:
     """Names of the grids shipped in the package (``ci``, ``book``, ``paper``)."""
@@ -65,21 +61,19 @@ def config_path(config: str | os.PathLike) -> Path:
 
 
 def load_grid(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a grid file (YAML or JSON), given as a path or a shipped grid's name."""
-    import yaml
+    """Read and check a grid file (YAML or JSON), given as a path or a shipped grid's name.
 
+    The file is checked against :func:`~mcmia_helpers.validation.grid_schema` (jsonschema):
+    an unknown key (``seed:`` for ``seeds:``), a wrong type (``seeds: 3``, ``attacks: loss``),
+    a value out of bounds or an empty list is a one-line :class:`UserError` naming the key
+    and its line.
+    """
     path = config_path(path)
     try:
-        grid = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"grid config {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(grid, dict) or not isinstance(grid.get("cells"), list):
-        raise UserError(f"grid config {path} needs a 'cells' list (see mcmia_helpers/configs/ci.yaml)")
-    for cell in grid["cells"]:
-        unknown = set(cell) - _CELL_KEYS
-        if unknown:
-            raise UserError(f"grid config {path}: unknown cell keys {sorted(unknown)}; use {sorted(_CELL_KEYS)}")
-    return grid
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read grid config {path} ({exc.strerror}): check the path") from None
+    return load_grid_text(data, str(path))
 
 
 def cell_id(spec: ExperimentSpec) -> str:
@@ -92,7 +86,7 @@ def cell_id(spec: ExperimentSpec) -> str:
 def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[ExperimentSpec]:
     """Every cell of ``grid`` as an :class:`ExperimentSpec` (lists of parameter values expand)."""
     scale = scale or grid.get("scale") or os.environ.get("MCMIA_SCALE", "ci")
-    seeds = grid.get("seeds", [0])
+    seeds = [check_seed(s, "grid seed") for s in grid.get("seeds", [0])]
     attacks = grid.get("attacks")
     for cell in grid["cells"]:
         base = {k: v for k, v in cell.items() if k != "defenses"}
@@ -101,26 +95,31 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
             values = {k: (v if isinstance(v, list) else [v]) for k, v in defense.items() if k != "defense"}
             for combo in itertools.product(*values.values()):
                 params = dict(zip(values.keys(), combo))
+                check_params(params)
                 for seed in seeds:
-                    spec = ExperimentSpec(defense=name, scale=scale, seed=int(seed), params=params,
+                    spec = ExperimentSpec(defense=name, scale=scale, seed=seed, params=params,
                                           attacks=tuple(attacks) if attacks else None, **base)
                     validate_spec(spec)
                     yield spec
 
 
 def done_cells(out: str | os.PathLike) -> set[str]:
-    """The cell ids already recorded in ``out`` (a JSON-lines file)."""
-    path = Path(out)
-    if not path.exists():
-        return set()
-    done = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                done.add(json.loads(line)["cell_id"])
-            except (json.JSONDecodeError, KeyError):
-                continue  # a foreign or damaged line is ignored, never fatal
-    return done
+    """The cell ids already recorded in ``out`` (a JSON-lines file; damaged lines are set aside
+    by :func:`~mcmia_helpers.io.read_jsonl`, records without a cell id are not cells)."""
+    return {r["cell_id"] for r in read_jsonl(out) if isinstance(r.get("cell_id"), str)}
+
+
+def select(specs: list[ExperimentSpec], only: str | None) -> list[ExperimentSpec]:
+    """The cells whose id contains ``only`` (all of them for ``None``); a filter that matches no
+    cell is a one-line :class:`UserError` (a typo would otherwise run nothing and exit 0)."""
+    if only is None:
+        return specs
+    kept = [s for s in specs if only in cell_id(s)]
+    if not kept:
+        example = cell_id(specs[0]) if specs else "arch/dataset/scale/defense/.../seed=N"
+        raise UserError(f"--only {only!r} matches none of the {len(specs)} cells: give part of a "
+                        f"cell id such as {example}")
+    return kept
 
 
 def run_command(spec: ExperimentSpec, out: str = "record.json") -> str:
@@ -146,7 +145,7 @@ def run_grid(grid: dict[str, Any], out: str | os.PathLike, *, only: str | None =
     """
     from tqdm.auto import tqdm
 
-    specs = [s for s in expand(grid, scale) if only is None or only in cell_id(s)]
+    specs = select(list(expand(grid, scale)), only)
     done = done_cells(out)
     todo = [s for s in specs if cell_id(s) not in done]
     records = []
@@ -162,8 +161,12 @@ def run_grid(grid: dict[str, Any], out: str | os.PathLike, *, only: str | None =
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """All records of a JSON-lines results file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of a JSON-lines results file (damaged lines are reported once and set aside,
+    see :func:`~mcmia_helpers.io.read_jsonl`); a missing file is a one-line UserError."""
+    if not Path(path).exists():
+        raise UserError(f"results file {path} does not exist: run the grid first "
+                        "(python -m mcmia_helpers grid --config ... --out FILE)")
+    return read_jsonl(path)
 
 
 def load_or_run(config: str | os.PathLike, results: str | os.PathLike, *,

@@ -57,10 +57,11 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, set_aside
 from mcmia_helpers.models import BasicBlock, _InvertedResidual
-from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, config_key, fit, get_device,
-                                    make_optimizer, make_scheduler, predict_logits)
+from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, check_finite_model, config_key,
+                                    epoch_seed, fit, get_device, make_optimizer, make_scheduler,
+                                    predict_logits)
 
 ArchBuilder = Callable[[], nn.Module]
 
@@ -342,7 +343,7 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
     histories: list[list[dict]] = [[] for _ in range(n_models)]
     bar = tqdm(range(config.epochs), disable=not progress, desc=f"{n_models} models", leave=False)
     for epoch in bar:
-        gens = [torch.Generator().manual_seed(int(s) * 100_003 + epoch) for s in seeds]
+        gens = [torch.Generator().manual_seed(epoch_seed(s, epoch)) for s in seeds]
         orders = torch.stack([idx[torch.randperm(n, generator=g)] for idx, g in zip(index_sets, gens)])
         total_loss = torch.zeros(n_models, dtype=torch.float64)
         correct = torch.zeros(n_models, dtype=torch.long)
@@ -484,6 +485,10 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
     configuration with its own seed and a hash of its training indices, so a model is shared
     by every experiment that would train exactly it (e.g. by all defences of one target).
     Returns the models (on the CPU) and ``{"cached": n_loaded, "trained": n_trained, "keys": [...]}``.
+    A cached model that is damaged (unreadable, digest mismatch, wrong shapes) is set aside with
+    a one-line notice and trained again with the missing ones; one written before digests
+    existed is re-saved with its digest once it loaded strictly. A model whose weights turn
+    non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and nothing is cached.
     """
     folder = cache_dir(cache)
     keys = []
@@ -496,11 +501,8 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
     missing = []
     for i, (spec, key) in enumerate(zip(specs, keys)):
         path = folder / f"{key}.pt"
-        if path.exists():
-            torch.manual_seed(int(spec.seed))
-            model = arch_builder()
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(blob["state_dict"])
+        model = _load_cached_shadow(path, arch_builder, int(spec.seed)) if path.exists() else None
+        if model is not None:
             models[i] = model
         else:
             missing.append(i)
@@ -509,7 +511,13 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
                                        [specs[i].indices for i in missing], config,
                                        [specs[i].seed for i in missing], device=device,
                                        progress=progress)
-        folder.mkdir(parents=True, exist_ok=True)
+        for model in trained:
+            check_finite_model(model)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the model cache {folder} ({exc.strerror}): set "
+                            "MCMIA_CACHE to a writable folder") from None
         for i, model in zip(missing, trained):
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
             atomic_torch_save({"state_dict": state, "seed": int(specs[i].seed)},
@@ -517,3 +525,22 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
             models[i] = model.cpu()
     info = {"cached": len(specs) - len(missing), "trained": len(missing), "keys": keys}
     return [m for m in models if m is not None], info
+
+
+def _load_cached_shadow(path, arch_builder: ArchBuilder, seed: int) -> nn.Module | None:
+    """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged."""
+    torch.manual_seed(seed)
+    model = arch_builder()
+    try:
+        blob, had_digest = load_verified(path)
+        model.load_state_dict(blob["state_dict"])
+    except (DamagedFile, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, DamagedFile) else f"{type(exc).__name__}: {str(exc)[:100]}"
+        set_aside(path, reason, "training the model again")
+        return None
+    if not had_digest:
+        try:
+            atomic_torch_save(blob, path)
+        except UserError:
+            pass  # a read-only cache: keep using the legacy entry as it is
+    return model

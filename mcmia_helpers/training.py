@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -27,8 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
-from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.errors import TrainingDiverged, UserError
+from mcmia_helpers.io import (DamagedFile, atomic_torch_save, check_or_set_aside, load_verified,
+                              set_aside)
 
 #: Bump when a change to training makes old cached models wrong.
 CACHE_VERSION = 1
@@ -53,18 +55,61 @@ class TrainConfig:
         return asdict(self)
 
 
+#: torch's generators take seeds in ``[0, 2**64)``: derived seeds are reduced into that range.
+_SEED_SPACE = 2**64
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and augmentation: ``seed * 100_003 + epoch``, reduced
+    modulo ``2**64`` so that derived seeds (a shadow model's ``seed * 100_000 + role``) never
+    overflow torch's generator (every seed that worked before keeps its value)."""
+    return (int(seed) * 100_003 + int(epoch)) % _SEED_SPACE
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) in one place."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    torch.manual_seed(int(seed) % _SEED_SPACE)
+
+
+def check_device(text: str, source: str = "MCMIA_DEVICE") -> torch.device:
+    """``text`` as a device this machine has, or a one-line :class:`UserError` that lists them.
+
+    Accepted: ``cpu``; ``cuda`` or ``cuda:N`` when torch sees a GPU N; ``mps`` when Apple's
+    backend is available. ``source`` names where the value came from, for the message.
+    """
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        available.append("mps")
+    try:
+        device = torch.device(text.strip())
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    ok = device is not None and (
+        device.type == "cpu"
+        or (device.type == "cuda" and torch.cuda.is_available()
+            and (device.index is None or device.index < torch.cuda.device_count()))
+        or (device.type == "mps" and "mps" in available))
+    if not ok:
+        raise UserError(f"{source}={text!r} is not a device torch sees here: use one of "
+                        f"{', '.join(available)} (or unset {source})")
+    return device
 
 
 def get_device(prefer: str | None = None) -> torch.device:
-    """``prefer`` if given, else CUDA, else Apple's MPS, else the CPU (``MCMIA_DEVICE`` overrides)."""
-    prefer = prefer or os.environ.get("MCMIA_DEVICE")
+    """``prefer`` if given, else CUDA, else Apple's MPS, else the CPU (``MCMIA_DEVICE`` overrides).
+
+    A requested device that torch does not see (``cuda`` without a GPU, ``cuda:7`` on a one-GPU
+    machine, a misspelling) is a one-line :class:`UserError` (see :func:`check_device`).
+    """
     if prefer:
-        return torch.device(prefer)
+        return check_device(str(prefer), "device")
+    if os.environ.get("MCMIA_DEVICE"):
+        return check_device(os.environ["MCMIA_DEVICE"])
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -156,9 +201,12 @@ def load_epoch_checkpoint(path: str | os.PathLike, model: nn.Module,
     """Restore model, optimiser and schedule from an epoch checkpoint written by a training loop.
 
     Returns the whole checkpoint (for loop-specific state such as a callback's or a privacy
-    accountant's), the history so far, and the epoch to resume from.
+    accountant's), the history so far, and the epoch to resume from. The checkpoint's digest is
+    checked (:func:`~mcmia_helpers.io.load_verified`): a damaged one raises
+    :class:`~mcmia_helpers.io.DamagedFile` (callers check with
+    :func:`~mcmia_helpers.io.check_or_set_aside` first and start afresh instead).
     """
-    state = torch.load(path, map_location=device, weights_only=True)
+    state, _ = load_verified(path, map_location=device)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler"):
@@ -188,15 +236,15 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
     scheduler = make_scheduler(optimizer, config)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
+    if checkpoint_path is not None and check_or_set_aside(checkpoint_path, "training from epoch 0"):
         state, history, start_epoch = load_epoch_checkpoint(checkpoint_path, model, optimizer,
                                                             scheduler, device)
         callback.load_state_dict(state.get("callback", {}))
     bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc="epochs", leave=False)
     for epoch in bar:
         model.train()
-        torch.manual_seed(config.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(config.seed, epoch))
+        gen = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
         order = indices[torch.randperm(len(indices), generator=gen)]
         total_loss, correct, seen = 0.0, 0, 0
         for start in range(0, len(order), config.batch_size):
@@ -213,7 +261,10 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
             loss.backward()
             optimizer.step()
             callback.after_step(model)
-            total_loss += float(loss.detach()) * len(y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(diverged_message(f"the loss became {value} in epoch {epoch}"))
+            total_loss += value * len(y)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(y)
         if scheduler is not None:
@@ -228,6 +279,24 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
                                "callback": callback.state_dict(), "history": history,
                                "epoch": epoch}, checkpoint_path)
     return history
+
+
+def diverged_message(what: str) -> str:
+    """The one-line explanation of a diverged training run (``what`` says how it showed)."""
+    return (f"training diverged ({what}): nothing was cached; lower the learning rate or the "
+            "defence's strength (e.g. --lam, --max-grad-norm)")
+
+
+def check_finite_model(model: nn.Module, history: list[dict[str, Any]] | None = None) -> None:
+    """Raise :class:`~mcmia_helpers.errors.TrainingDiverged` if a weight, a buffer or a logged
+    loss of a trained model is NaN or infinite (its metrics would be meaningless, or crash)."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(diverged_message(f"{name} is not finite"))
+    for row in history or []:
+        loss = row.get("loss") if isinstance(row, dict) else None
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise TrainingDiverged(diverged_message(f"the loss is {loss} in epoch {row.get('epoch')}"))
 
 
 # --------------------------------------------------------------------------- cache
@@ -255,20 +324,59 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
 
     ``build()`` makes the untrained model; ``train(model, checkpoint_path)`` trains it in place
     (resuming from ``checkpoint_path`` if a killed run left one) and returns its history. The
-    finished model is saved atomically under the configuration's key.
+    finished model is saved atomically under the configuration's key, with a content digest.
+
+    A cached entry is used only if it loads, matches its digest and fits the model; otherwise it
+    is set aside with a one-line notice and the model is trained again (the same numbers as
+    before the damage: training is deterministic). An entry written before digests existed is
+    checked by loading it fully into the model and then re-saved with its digest. A damaged
+    partial checkpoint is set aside the same way (training restarts from epoch 0). A run whose
+    loss or weights turn non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and
+    caches nothing.
     """
     folder = cache_dir(cache)
     key = config_key(config)
     final, partial = folder / f"{key}.pt", folder / f"{key}.partial.pt"
     model = build()
     if final.exists():
-        blob = torch.load(final, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["state_dict"])
-        return model, {"key": key, "cached": True, "history": list(blob["history"])}
-    folder.mkdir(parents=True, exist_ok=True)
-    history = train(model, partial)
+        cached = _load_cached_model(final, model)
+        if cached is not None:
+            return model, {"key": key, "cached": True, "history": cached}
+        model = build()  # a failed load_state_dict may have filled part of the model
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the model cache {folder} ({exc.strerror}): set "
+                        "MCMIA_CACHE to a writable folder") from None
+    check_or_set_aside(partial, "training from epoch 0")
+    try:
+        history = train(model, partial)
+        check_finite_model(model, history)
+    except TrainingDiverged:
+        partial.unlink(missing_ok=True)  # its last epoch leads to the same divergence
+        raise
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": cpu_state, "history": history,
                        "config": json.dumps(config, sort_keys=True, default=str)}, final)
     partial.unlink(missing_ok=True)
     return model, {"key": key, "cached": False, "history": history}
+
+
+def _load_cached_model(path: Path, model: nn.Module) -> list[dict] | None:
+    """Load a cached model into ``model`` and return its history, or ``None`` (after setting the
+    file aside with a notice) when it is damaged. A legacy entry (no digest) that loads fully
+    and strictly is re-saved with its digest."""
+    try:
+        blob, had_digest = load_verified(path)
+        model.load_state_dict(blob["state_dict"])
+        history = list(blob["history"])
+    except (DamagedFile, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, DamagedFile) else f"{type(exc).__name__}: {str(exc)[:100]}"
+        set_aside(path, reason, "training the model again")
+        return None
+    if not had_digest:
+        try:
+            atomic_torch_save(blob, path)
+        except UserError:
+            pass  # a read-only cache: keep using the legacy entry as it is
+    return history
