@@ -20,11 +20,20 @@ cells:
 """
 
 
+@pytest.fixture(autouse=True)
+def no_training(monkeypatch):
+    """A cell that starts running fails the test at once: every error must come first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a cell started before the grid file was checked")
+
+    monkeypatch.setattr(grid_runner, "run_experiment", forbidden)
+
+
 def _grid_fails(text: str | bytes, tmp_path, capsys) -> str:
     config = tmp_path / "grid.yaml"
     config.write_bytes(text if isinstance(text, bytes) else text.encode())
     try:
-        status = main(["grid", "--config", str(config), "--out", str(tmp_path / "r.jsonl"), "--dry-run"])
+        status = main(["grid", "--config", str(config), "--out", str(tmp_path / "r.jsonl")])
     except SystemExit as stop:
         status = stop.code
     lines = capsys.readouterr().err.strip().splitlines()

@@ -40,10 +40,11 @@ def test_default_delta_is_a_power_of_ten_below_one_over_ten_n(n: int, expected: 
 
 
 @pytest.mark.parametrize("target", [4.0, 1.0])
-def test_spent_epsilon_is_within_ten_percent_of_target(fashion, target: float) -> None:
+def test_spent_epsilon_is_within_0_01_below_target(fashion, target: float) -> None:
+    """The documented contract: the run spends between target - 0.01 and target."""
     members = torch.arange(64)
     model, info = train_dp(_lenet(), fashion, members, TINY, target_epsilon=target, device=CPU)
-    assert 0.9 * target <= info["epsilon"] <= target * (1 + 1e-9)
+    assert target - 0.01 <= info["epsilon"] <= target
     assert info["delta"] == default_delta(64) == 1e-3
     assert info["target_epsilon"] == target and info["accountant"] == "rdp"
     assert info["sample_rate"] == pytest.approx(0.25)
@@ -63,7 +64,7 @@ def test_spent_epsilon_is_within_ten_percent_of_target(fashion, target: float) -
 def test_prv_accountant_also_lands_on_target(fashion) -> None:
     _, info = train_dp(_lenet(), fashion, torch.arange(64), TINY, target_epsilon=4.0,
                        accountant="prv", device=CPU)
-    assert info["accountant"] == "prv" and 3.6 <= info["epsilon"] <= 4.0
+    assert info["accountant"] == "prv" and 3.99 <= info["epsilon"] <= 4.0
 
 
 def test_empty_poisson_batches_are_survived(fashion) -> None:
@@ -89,29 +90,117 @@ def test_returned_model_is_plain_and_trained(fashion) -> None:
     assert all(torch.isfinite(v).all() for v in trained.state_dict().values())
 
 
-@pytest.mark.slow
-def test_dp_lowers_the_loss_attack_auc(fashion) -> None:
-    """An overfit target leaks membership through its loss; DP at epsilon 1 does not."""
-    members, nonmembers = torch.arange(100), torch.arange(30_000, 30_100)
-    labels = torch.cat([torch.ones(100), torch.zeros(100)])
+def _canary_digits(digits, flip: float = 0.3):
+    """scikit-learn's digits at 8x8 with a fixed 30% of labels changed to another class (the
+    canaries): a model memorises a member's wrong label only by seeing that very example, so
+    the loss on the canaries measures memorisation. Also returns the true labels and the mask."""
+    clean = digits.as_view(8, 1)
+    gen = torch.Generator().manual_seed(1234)
+    flipped = torch.rand(len(clean), generator=gen) < flip
+    labels = clean.labels.clone()
+    labels[flipped] = (labels[flipped] + torch.randint(1, 10, (int(flipped.sum()),), generator=gen)) % 10
+    return replace(clean, labels=labels), clean.labels, flipped
 
-    def loss_auc(model: nn.Module) -> float:
+
+def _mlp(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def test_dp_model_learns_and_noise_lowers_leakage(digits) -> None:
+    """600 members, expected batch 60 (sample rate 0.1), 40 epochs = 400 DP-SGD steps, clipping
+    at 1. At epsilon 4 the model learns (test accuracy 0.42-0.55 over eight seeds; chance is
+    0.1); with the same clipping and no noise (epsilon 1e7: noise multiplier 0.008) the loss
+    separates member canaries from non-member canaries (AUC 0.78-0.84), with noise much less
+    (0.57-0.62; the gap was 0.18-0.24 on all eight seeds). About 4 s on one core."""
+    seed = 0
+    bundle, true_labels, canary = _canary_digits(digits)
+    perm = torch.randperm(len(bundle), generator=torch.Generator().manual_seed(seed))
+    members, nonmembers, test = perm[:600], perm[600:1200], perm[1200:]
+    config = TrainConfig(epochs=40, batch_size=60, optimizer="sgd", lr=0.2, momentum=0.9,
+                         seed=seed, amp=False)
+
+    def canary_auc(model: nn.Module) -> float:
         idx = torch.cat([members, nonmembers])
-        losses = F.cross_entropy(predict_logits(model, fashion, idx, device=CPU),
-                                 fashion.labels[idx], reduction="none")
-        return float(roc_auc_score(labels.numpy(), (-losses).numpy()))
+        losses = F.cross_entropy(predict_logits(model, bundle, idx, device=CPU), bundle.labels[idx],
+                                 reduction="none")
+        is_member = torch.cat([torch.ones(600), torch.zeros(600)]).bool()
+        keep = canary[idx]
+        return float(roc_auc_score(is_member[keep].numpy(), (-losses[keep]).numpy()))
 
-    plain = _lenet(dp=False, width=1.0)
-    fit(plain, fashion, members, TrainConfig(epochs=40, batch_size=16, lr=3e-3, seed=0), device=CPU)
-    private, info = train_dp(_lenet(dp=True, width=1.0), fashion, members,
-                             dp_train_config(TrainConfig(epochs=10, seed=0)),
-                             target_epsilon=1.0, device=CPU)
-    assert info["epsilon"] <= 1.0
-    plain_auc, private_auc = loss_auc(plain), loss_auc(private)
-    # measured on five disjoint member sets: plain 0.68-0.78, DP 0.50-0.58, margin >= 0.098
-    assert plain_auc > 0.62  # the undefended target leaks
-    assert private_auc < 0.6
-    assert plain_auc - private_auc > 0.05
+    private, info = train_dp(_mlp(seed), bundle, members, config, target_epsilon=4.0, device=CPU)
+    clipped, clip_info = train_dp(_mlp(seed), bundle, members, config, target_epsilon=1e7,
+                                  device=CPU)
+    for run in (info, clip_info):
+        assert run["sample_rate"] == pytest.approx(0.1) and run["max_grad_norm"] == 1.0
+        assert config.epochs * round(1 / run["sample_rate"]) >= 100  # DP-SGD steps
+    assert 3.99 <= info["epsilon"] <= 4.0 and info["noise_multiplier"] > 1.0
+    assert clip_info["noise_multiplier"] < 0.01
+    test_acc = float((predict_logits(private, bundle, test, device=CPU).argmax(1)
+                      == true_labels[test]).float().mean())
+    assert test_acc > 0.3  # the private model learns: three times chance
+    private_auc, clipped_auc = canary_auc(private), canary_auc(clipped)
+    assert clipped_auc > 0.7  # without noise, clipping alone does not stop memorisation
+    assert private_auc < clipped_auc - 0.1  # the noise is what protects the members
+
+
+def test_clipping_bounds_each_example_and_noise_has_the_promised_scale(fashion, monkeypatch) -> None:
+    """One full-batch DP-SGD step (sample rate 1, plain SGD at lr 1): without noise the update is
+    minus the mean of the per-example gradients, each clipped to max_grad_norm; with noise
+    multiplier sigma the update moves by Gaussian noise of std sigma * C / batch per weight."""
+    import mcmia_helpers.privacy as privacy
+
+    members, clip = torch.arange(32), 1e-3
+    config = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=1.0, momentum=0.0, seed=5,
+                         amp=False)
+    model = _lenet()
+    start = [p.detach().clone() for p in model.parameters()]
+    x, y = fashion.batch(members)
+    clipped_sum = [torch.zeros_like(p) for p in model.parameters()]
+    largest = 0.0
+    for i in range(len(members)):  # the per-example gradients, by hand
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+        largest = max(largest, norm)
+        for acc, g in zip(clipped_sum, grads):
+            acc += g * min(1.0, clip / (norm + 1e-6))
+    assert largest > 100 * clip  # clipping is not a no-op here
+
+    def one_step(sigma: float) -> list[torch.Tensor]:
+        monkeypatch.setattr(privacy, "noise_multiplier_for", lambda *args, **kwargs: sigma)
+        net = _lenet()
+        train_dp(net, fashion, members, config, target_epsilon=4.0, max_grad_norm=clip, device=CPU)
+        return [(p.detach() - s) for p, s in zip(net.parameters(), start)]
+
+    quiet = one_step(0.0)
+    got = torch.cat([u.flatten() for u in quiet]).double()
+    want = -torch.cat([a.flatten() for a in clipped_sum]).double() / len(members)
+    assert float((got - want).norm()) <= 1e-3 * float(want.norm())  # float32 summation order
+    total = float(got.norm())
+    assert total <= clip * (1 + 1e-4)  # a mean of vectors of norm <= C has norm <= C
+
+    sigma = 2.0
+    noise = torch.cat([(a - b).flatten() for a, b in zip(one_step(sigma), quiet)])
+    assert float(noise.std()) == pytest.approx(sigma * clip / len(members), rel=0.05)
+    assert abs(float(noise.mean())) < 0.05 * sigma * clip / len(members)
+
+
+def test_physical_batches_give_the_same_model(fashion) -> None:
+    """BatchMemoryManager splits each Poisson batch into physical batches: any split gives the
+    same clipped sum, the same noise and so the same weights (up to float summation order)."""
+    config = replace(TINY, epochs=2, batch_size=32)
+    whole, info_whole = train_dp(_lenet(), fashion, torch.arange(64), config, target_epsilon=4.0,
+                                 device=CPU, max_physical_batch_size=128)
+    split, info_split = train_dp(_lenet(), fashion, torch.arange(64), config, target_epsilon=4.0,
+                                 device=CPU, max_physical_batch_size=5)
+    assert info_whole["epsilon"] == info_split["epsilon"]
+    moved = 0.0
+    for a, b, c in zip(whole.parameters(), split.parameters(), _lenet().parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        moved = max(moved, float((a - c).detach().abs().max()))
+    assert moved > 1e-3  # the models did train
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -241,6 +330,6 @@ def test_dp_defence_records_privacy_and_caches_it(monkeypatch) -> None:
     assert first["cached"] is False and again["cached"] is True
     for key in ("epsilon", "delta", "noise_multiplier", "sample_rate"):
         assert first[key] == again[key]
-    assert 1.8 <= first["epsilon"] <= 2.0 and first["delta"] == 1e-4
+    assert 1.99 <= first["epsilon"] <= 2.0 and first["delta"] == 1e-4
     assert first["train_config"]["optimizer"] == "sgd"
     assert first["train_config"]["batch_size"] == dp_train_config(TrainConfig()).batch_size
