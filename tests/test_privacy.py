@@ -148,7 +148,7 @@ def test_clipping_bounds_each_example_and_noise_has_the_promised_scale(fashion, 
     """One full-batch DP-SGD step (sample rate 1, plain SGD at lr 1): without noise the update is
     minus the mean of the per-example gradients, each clipped to max_grad_norm; with noise
     multiplier sigma the update moves by Gaussian noise of std sigma * C / batch per weight."""
-    import mcmia_helpers.privacy as privacy
+    import mcmia_helpers.defences.dp as privacy
 
     members, clip = torch.arange(32), 1e-3
     config = TrainConfig(epochs=1, batch_size=32, optimizer="sgd", lr=1.0, momentum=0.0, seed=5,
