@@ -11,8 +11,11 @@ interval in one cell, no index numbers, and narrow enough for the page.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.scales import SCALES
@@ -46,25 +49,27 @@ def scale_note(scale: str, dataset_description: str, **sizes: Any) -> str:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def format_value(value: Any, *, percent: bool = False, digits: int | None = None,
                  interval: Sequence[float] | None = None) -> str:
-    """One table cell as text: ``"12.3% [10.1, 14.6]"``, ``"0.652 [0.61, 0.69]"`` or ``"-"``.
+    """One table cell as text: ``"12.3% [10.1, 14.6]"``, ``"0.652 [0.611, 0.690]"`` or ``"-"``.
 
     ``percent`` shows a rate in percent (``digits`` after the point, default 1) and its
     ``interval`` (low, high) in the same unit; otherwise numbers get ``digits`` (default 3)
-    decimals, integers none, and text passes unchanged.
+    decimals, integers none (with thousands separators), infinity is ``∞``, a missing value
+    ``-``, and text passes unchanged.
     """
     if _is_missing(value):
         return "-"
     if isinstance(value, str):
         return value
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and not percent
-                                  and digits is None and abs(value) >= 10):
+    if isinstance(value, numbers.Real) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if isinstance(value, numbers.Integral) and not percent:
         text = f"{int(value):,}"
     elif percent:
         d = 1 if digits is None else digits
@@ -78,23 +83,23 @@ def format_value(value: Any, *, percent: bool = False, digits: int | None = None
             d = 1 if digits is None else digits
             text += f" [{100 * lo:.{d}f}, {100 * hi:.{d}f}]"
         else:
-            d = 2 if digits is None else digits
+            d = 3 if digits is None else digits
             text += f" [{lo:.{d}f}, {hi:.{d}f}]"
     return text
 
 
 def paper_table(frame: "pd.DataFrame", *, columns: Mapping[str, str] | None = None,
                 percent: Iterable[str] = (), intervals: Mapping[str, tuple[str, str]] | None = None,
-                digits: Mapping[str, int] | None = None, caption: str | None = None,
-                index: bool = True) -> "Styler":
-    """``frame`` shown as a paper's table (chapters 0-6 end their tables with it).
+                digits: Mapping[str, int] | None = None, caption: str | None = None) -> "Styler":
+    """``frame`` shown as a paper's table (the chapters end their tables with it).
 
     ``intervals`` maps a value column to its (low, high) columns, which are folded into the
     value's cell and dropped; ``percent`` lists the columns that are rates (shown in percent);
     ``digits`` sets decimals per column; ``columns`` renames columns to plain language (applied
-    last). The index, if ``index`` is true and it is not a plain 0..n-1 range, becomes the first
-    column(s); index numbers are never shown. Returns a pandas ``Styler`` that renders as HTML
-    with wrapped headers, so the table fits the page without horizontal scrolling.
+    last). A named index becomes the first column(s); index numbers are never shown; columns
+    with several levels are joined with ", ". Numbers are right-aligned, text left-aligned.
+    Returns a pandas ``Styler`` that renders as HTML with wrapped headers and text, so the
+    table fits the page without horizontal scrolling.
     """
     import pandas as pd
 
@@ -103,35 +108,67 @@ def paper_table(frame: "pd.DataFrame", *, columns: Mapping[str, str] | None = No
     digits = dict(digits or {})
     data = frame.copy()
     if isinstance(data.columns, pd.MultiIndex):
-        data.columns = [" ".join(str(p) for p in col if str(p)) for col in data.columns]
-    plain_index = isinstance(data.index, pd.RangeIndex)
-    if index and not plain_index:
-        data = data.reset_index()
-    else:
-        data = data.reset_index(drop=True)
+        data.columns = [", ".join(str(p) for p in col if str(p)) for col in data.columns]
+    named_index = any(name is not None for name in data.index.names)
+    data = data.reset_index(drop=not named_index)
     for name in list(percent) + list(intervals) + list(digits):
         if name not in data.columns:
             raise UserError(f"paper_table: no column {name!r}: use one of {list(data.columns)}")
     out = pd.DataFrame(index=data.index)
     folded = {c for pair in intervals.values() for c in pair}
+    text_columns = []
     for col in data.columns:
         if col in folded:
             continue
         pair = intervals.get(col)
+        if not (pd.api.types.is_numeric_dtype(data[col]) or col in percent or pair):
+            text_columns.append(col)
         out[col] = [
             format_value(v, percent=col in percent, digits=digits.get(col),
                          interval=None if pair is None else (data.at[i, pair[0]], data.at[i, pair[1]]))
             for i, v in zip(data.index, data[col])
         ]
-    if columns:
-        out = out.rename(columns=dict(columns))
+    renamed = dict(columns or {})
+    out = out.rename(columns=renamed)
+    text_columns = [renamed.get(c, c) for c in text_columns]
     styler = out.style.hide(axis="index").set_table_styles([
-        {"selector": "", "props": "border-collapse: collapse; font-size: 0.85em; width: auto;"},
-        {"selector": "th", "props": "white-space: normal; text-align: left; vertical-align: bottom;"
-                                    " max-width: 9em; border-bottom: 1px solid #888; padding: 2px 6px;"},
-        {"selector": "td", "props": "text-align: right; padding: 2px 6px; white-space: nowrap;"},
-        {"selector": "td:first-child", "props": "text-align: left; white-space: normal;"},
+        {"selector": "", "props": "border-collapse: collapse; font-size: 0.85em;"},
+        {"selector": "th", "props": "white-space: normal; text-align: right; vertical-align: bottom;"
+                                    " max-width: 10em; border-bottom: 1px solid #888; padding: 2px 6px;"},
+        {"selector": "td", "props": "text-align: right; padding: 2px 6px;"},
     ])
+    if text_columns:
+        styler = styler.set_properties(subset=text_columns, **{"text-align": "left"})
     if caption:
         styler = styler.set_caption(caption)
     return styler
+
+
+def attack_table(results: Mapping[str, Mapping[str, Any]], *, caption: str | None = None,
+                 label: str = "attack") -> "Styler":
+    """The attacks of one target as a paper's table (``results``: ``{attack: attack_metrics}``).
+
+    Columns, most telling first: AUC, TPR at 1% and 0.1% FPR (each with its 95% interval), the
+    attack accuracy at the attacker's calibrated threshold (``-`` where the attack has none)
+    and the best accuracy any threshold could reach on these labels (the oracle's,
+    ``0.5 + advantage / 2``: an upper bound no real attacker attains).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, m in results.items():
+        ci = m.get("ci95", {})
+        calibrated = m.get("threshold_kind") == "calibrated"
+        rows.append({
+            label: name,
+            "AUC": format_value(m["auc"], interval=ci.get("auc")),
+            "TPR at 1% FPR": format_value(m["tpr_at_1pct_fpr"], percent=True,
+                                          interval=ci.get("tpr_at_1pct_fpr")),
+            "TPR at 0.1% FPR": format_value(m["tpr_at_0_1pct_fpr"], percent=True,
+                                            interval=ci.get("tpr_at_0_1pct_fpr")),
+            "accuracy, calibrated threshold": format_value(m["accuracy"] if calibrated else None,
+                                                           percent=True),
+            "accuracy, best threshold (oracle)": format_value(0.5 + m["advantage"] / 2,
+                                                              percent=True),
+        })
+    return paper_table(pd.DataFrame(rows), caption=caption)

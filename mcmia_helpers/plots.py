@@ -23,6 +23,22 @@ def use_book_style() -> None:
     plt.rcParams.update({"figure.dpi": 90, "savefig.dpi": 90, "figure.autolayout": True})
 
 
+def panels(n: int, ncols: int = 2, size: tuple[float, float] = (5.0, 3.5)
+           ) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of ``n`` panels, at most ``ncols`` (default two) to a row, each ``size`` inches.
+
+    Two panels to a row keep tick labels and legends legible at the book's page width; unused
+    cells of the last row are hidden. Returns the figure and the ``n`` axes in reading order.
+    """
+    nrows = -(-n // ncols)
+    cols = min(ncols, n)
+    fig, grid = plt.subplots(nrows, cols, figsize=(size[0] * cols, size[1] * nrows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
 def show_images(bundle: DatasetBundle, indices: Sequence[int], ncols: int = 8,
                 title: str | None = None) -> plt.Figure:
     """A grid of images with their labels (grey or RGB)."""
