@@ -168,17 +168,59 @@ def overfit_target(tmp_path_factory):
     return ctx, model, cache, scores
 
 
+#: The default attacks expected to beat chance on ``overfit_target``. Measured AUC on seed 0 (and
+#: the lowest over the same fixture with seeds 0-5): shadow_top3 0.69 (0.57), shadow_label 0.73
+#: (0.72), loss 0.69 (0.65), confidence 0.63 (0.59), entropy 0.64 (0.58), modified_entropy 0.69
+#: (0.65), correctness 0.68 (0.64), lira_online 0.76 (0.68), lira_offline 0.72 (0.66); the lower
+#: end of the bootstrap interval was above 0.5 for each on seed 0 and on 5 or 6 of the 6 seeds.
+BEATS_CHANCE = ("shadow_top3", "shadow_label", "loss", "confidence", "entropy",
+                "modified_entropy", "correctness", "lira_online", "lira_offline")
+
+
 @pytest.mark.slow
-def test_overfit_target_leaks_through_the_loss(overfit_target) -> None:
+def test_every_attack_beats_chance_on_the_overfit_target(overfit_target) -> None:
+    """Each attack expected to work here finds the members: its AUC interval lies above 0.5.
+
+    nasr_inference is left out on purpose: it learns its attack network from the 50 known
+    members only (against 50 reference non-members), and on this fixture it measures 0.47-0.63
+    over seeds 0-5 with intervals that include 0.5; it has its own, larger fixture below."""
     ctx, _, _, scores = overfit_target
     metrics = scores.metrics(n_bootstrap=200)
-    assert metrics["loss"]["auc"] > 0.6
-    assert metrics["loss"]["ci95"]["auc"][0] > 0.5
-    assert metrics["lira_online"]["auc"] > 0.6
-    assert set(metrics) == set(default_attacks(ctx.arch_scale))
+    assert set(metrics) == set(default_attacks(ctx.arch_scale)) == set(BEATS_CHANCE) | {"nasr_inference"}
+    for name in BEATS_CHANCE:
+        lo, hi = metrics[name]["ci95"]["auc"]
+        assert lo > 0.5, (name, metrics[name]["auc"], lo)
+        assert lo < metrics[name]["auc"] < hi
+    assert metrics["loss"]["auc"] > 0.6 and metrics["lira_online"]["auc"] > 0.6
     for name in metrics:
         assert set(METRIC_KEYS) <= set(metrics[name])
         assert metrics[name]["threshold_kind"] == "calibrated"  # 4 LiRA models: leave-one-out works
+
+
+@pytest.fixture(scope="module")
+def nasr_target():
+    """A LeNet-5 with 500 members, 40 epochs: nasr_inference's attack network gets 250 known
+    members and 250 reference non-members, and is evaluated on 250 + 250 others."""
+    bundle = load_dataset("fashion-mnist", standin="digits", download=False)
+    scale = replace(get_scale("ci").for_arch("lenet5"), n_members=500, epochs=40, batch_size=16,
+                    n_shadow_models=0, n_lira_models=0)
+    split = make_split(len(bundle), split_sizes(500), seed=0, dataset=bundle.name_used)
+    config = TrainConfig(epochs=40, batch_size=16, seed=0)
+    spec = ExperimentSpec(arch="lenet5", dataset="fashion-mnist", scale="ci", seed=0)
+    ctx = TargetContext(spec, scale, bundle, split, config, torch.device("cpu"))
+    model = ctx.build()
+    fit(model, bundle, split.members, config, device=ctx.device)
+    return ctx, model
+
+
+@pytest.mark.slow
+def test_nasr_inference_beats_chance_with_250_known_members(nasr_target) -> None:
+    """Measured AUC 0.56-0.60 over seeds 0-6 (the loss attack on the same examples: 0.56-0.69)."""
+    ctx, model = nasr_target
+    record = compute_attack_scores(ctx, model, ["nasr_inference"]).metrics(n_bootstrap=200)
+    nasr = record["nasr_inference"]
+    assert nasr["n_members"] == nasr["n_nonmembers"] == 250
+    assert nasr["ci95"]["auc"][0] > 0.5, nasr["auc"]
 
 
 @pytest.mark.slow
