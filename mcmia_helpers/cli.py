@@ -152,7 +152,10 @@ def _run(args: argparse.Namespace) -> int:
 
     all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
     params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
-    check_params(params)
+    check_params(params)  # finite and in bounds, naming the flag
+    from mcmia_helpers.grid import canonical_params
+
+    params = canonical_params(args.defense, params)  # one spelling: --epsilon 4 = no --epsilon
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else None
     spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,

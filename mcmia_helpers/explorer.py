@@ -48,10 +48,25 @@ _FLOOR = 1e-4  # the lowest rate shown on log axes (the compact ROC's first non-
 # --------------------------------------------------------------------------- tables
 
 
+def _quiet_defaults() -> dict[str, Any]:
+    """The secondary parameters a label leaves out at their default (``k_steps=1`` of the Min-Max
+    game, DP's ``max_grad_norm=1``): records with canonical parameters (defaults filled in) and
+    older records without them then share one label, and one group in the tables."""
+    from mcmia_helpers.defences.dp import DEFAULT_MAX_GRAD_NORM
+    from mcmia_helpers.defences.minmax import MINMAX_DEFAULTS
+
+    return {"k_steps": MINMAX_DEFAULTS["k_steps"], "max_grad_norm": DEFAULT_MAX_GRAD_NORM}
+
+
+def _is_quiet_default(name: str, value: Any) -> bool:
+    quiet = _quiet_defaults()
+    return name in quiet and not isinstance(value, bool) and value == quiet[name]
+
+
 def parameter_label(params: Mapping[str, Any]) -> str:
     """A short, readable name for a defence's parameters: ``"admm 90%"``, ``"lam=3"``, ``"eps=8"``,
     ``"admm 90%, lam=3"``; ``"none"`` for a defence without parameters."""
-    params = dict(params)
+    params = {k: v for k, v in params.items() if v is not None and not _is_quiet_default(k, v)}
     parts = []
     if "sparsity" in params:
         pct = f"{100 * float(params.pop('sparsity')):g}%"

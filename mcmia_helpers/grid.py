@@ -31,7 +31,7 @@ import itertools
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec
@@ -76,11 +76,88 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     return load_grid_text(data, str(path))
 
 
+def canonical_params(defense: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The one spelling of a defence's parameters: checked, defaults filled in, numbers typed.
+
+    ``--epsilon 4``, a grid's ``epsilon: 4`` and no epsilon at all are the same experiment; this
+    function makes them the same value (``{"epsilon": 4.0, "max_grad_norm": 1.0}``) before they
+    enter a cell id, a record or (as :attr:`ExperimentSpec.params`) a cache key. The command line
+    and the grid both call it. Values come from the defence's own validator in
+    :mod:`mcmia_helpers.defences.registry` (which fills in defaults and casts numbers); a
+    combined defence whose validator only checks is filled in by the validators of the
+    registered defences whose parameters make up its own (``prune+minmax`` = ``prune`` +
+    ``minmax``). ``None`` values mean "derived later" (DP's ``delta``) and are left out.
+    Bad names or values are one-line :class:`UserError` messages.
+    """
+    from mcmia_helpers.defences.registry import (DEFENSE_PARAMS, check_defense_name,
+                                                 validate_defense_params)
+
+    check_defense_name(defense)
+    given = {k: v for k, v in params.items() if v is not None}
+    check_params(given)
+    validate_defense_params(defense, given)
+    filled = _filled_params(defense, given)
+    allowed = DEFENSE_PARAMS.get(defense, ())
+    return {k: filled[k] for k in sorted(filled) if k in allowed and filled[k] is not None}
+
+
+def _filled_params(defense: str, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with the defence's defaults, from its validator (or its parts' validators)."""
+    from mcmia_helpers.defences.registry import DEFENSE_PARAMS, PARAM_VALIDATORS
+
+    def run(name: str, values: dict[str, Any]) -> dict[str, Any] | None:
+        if name not in PARAM_VALIDATORS:
+            return None
+        out = PARAM_VALIDATORS[name](dict(values))
+        if isinstance(out, Mapping):
+            return dict(out)
+        if isinstance(out, tuple) and out and all(isinstance(o, Mapping) for o in out):
+            return {k: v for part in out for k, v in part.items()}
+        return None
+
+    own = set(DEFENSE_PARAMS.get(defense, ()))
+    if not own:
+        return {}
+    filled = run(defense, given)
+    if filled is not None:
+        return filled
+    merged: dict[str, Any] = {}
+    covered: set[str] = set()
+    for name, names in DEFENSE_PARAMS.items():
+        if name != defense and names and set(names) <= own:
+            part = run(name, {k: v for k, v in given.items() if k in names})
+            if part is not None:
+                merged.update({k: v for k, v in part.items() if k in names})
+                covered |= set(names)
+    return merged if covered == own else dict(given)  # no validator to fill in: as given
+
+
+def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[str, Any],
+             seed: int) -> str:
+    values = "/".join(f"{k}={params[k]}" for k in sorted(params))
+    return "/".join([arch, dataset, scale, defense] + ([values] if values else []) + [f"seed={seed}"])
+
+
 def cell_id(spec: ExperimentSpec) -> str:
-    """A readable, unique name for a cell: ``arch/dataset/defense/k=v.../seed=N``."""
-    params = "/".join(f"{k}={spec.params[k]}" for k in sorted(spec.params))
-    parts = [spec.arch, spec.dataset, spec.scale, spec.defense] + ([params] if params else []) + [f"seed={spec.seed}"]
-    return "/".join(parts)
+    """A readable, unique name for a cell: ``arch/dataset/scale/defense/k=v.../seed=N``, with the
+    parameters in their canonical spelling (:func:`canonical_params`), so that every spelling of
+    one experiment has one id."""
+    return _cell_id(spec.arch, spec.dataset, spec.scale, spec.defense,
+                    canonical_params(spec.defense, spec.params), spec.seed)
+
+
+def record_cell_id(record: Mapping[str, Any]) -> str | None:
+    """The canonical cell id of a record, recomputed from what it says ran (architecture,
+    requested dataset, scale, defence, parameters, seed), so that records written before the
+    parameters were canonical (``lam=3`` rather than ``k_steps=1/lam=3.0``) still count as
+    their cell. A record that does not say all of that keeps the ``cell_id`` it stores."""
+    try:
+        return _cell_id(record["arch"], record["dataset_requested"], record["scale"],
+                        record["defense"], canonical_params(record["defense"], record.get("params") or {}),
+                        check_seed(record["seed"], "the record's seed"))
+    except (KeyError, TypeError, AttributeError, UserError):
+        stored = record.get("cell_id")
+        return stored if isinstance(stored, str) else None
 
 
 def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[ExperimentSpec]:
@@ -94,8 +171,7 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
             name = defense.get("defense", "none")
             values = {k: (v if isinstance(v, list) else [v]) for k, v in defense.items() if k != "defense"}
             for combo in itertools.product(*values.values()):
-                params = dict(zip(values.keys(), combo))
-                check_params(params)
+                params = canonical_params(name, dict(zip(values.keys(), combo)))
                 for seed in seeds:
                     spec = ExperimentSpec(defense=name, scale=scale, seed=seed, params=params,
                                           attacks=tuple(attacks) if attacks else None, **base)
@@ -104,9 +180,9 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
 
 
 def done_cells(out: str | os.PathLike) -> set[str]:
-    """The cell ids already recorded in ``out`` (a JSON-lines file; damaged lines are set aside
-    by :func:`~mcmia_helpers.io.read_jsonl`, records without a cell id are not cells)."""
-    return {r["cell_id"] for r in read_jsonl(out) if isinstance(r.get("cell_id"), str)}
+    """The canonical ids (:func:`record_cell_id`) of the cells already recorded in ``out`` (a
+    JSON-lines file; damaged lines are set aside by :func:`~mcmia_helpers.io.read_jsonl`)."""
+    return {cell for cell in map(record_cell_id, read_jsonl(out)) if cell is not None}
 
 
 def select(specs: list[ExperimentSpec], only: str | None) -> list[ExperimentSpec]:
@@ -134,6 +210,10 @@ def run_command(spec: ExperimentSpec, out: str = "record.json") -> str:
         args += ["--attacks", ",".join(spec.attacks)]
     if spec.imagenet_root:
         args += ["--imagenet-root", spec.imagenet_root]
+    if "imagenet" in (spec.dataset, spec.standin):
+        args += ["--imagenet-size", str(spec.imagenet_size)]
+        if spec.imagenet_classes is not None:
+            args += ["--imagenet-classes", str(spec.imagenet_classes)]
     return shlex.join(args + ["--out", out])
 
 
@@ -176,4 +256,4 @@ def load_or_run(config: str | os.PathLike, results: str | os.PathLike, *,
     grid = load_grid(config)
     run_grid(grid, results, progress=progress)
     wanted = {cell_id(s) for s in expand(grid)}
-    return [r for r in read_records(results) if r.get("cell_id") in wanted]
+    return [r for r in read_records(results) if record_cell_id(r) in wanted]

@@ -13,14 +13,16 @@ for the same model. The cache lives in ``MCMIA_CACHE`` (default ``~/.cache/mcmia
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -319,7 +321,8 @@ def config_key(config: dict[str, Any]) -> str:
 
 def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
                   train: Callable[[nn.Module, Path], list[dict]], *,
-                  cache: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                  cache: str | os.PathLike | None = None,
+                  aliases: Iterable[dict[str, Any]] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """Return the model trained with ``config``: from the cache if there, else trained now.
 
     ``build()`` makes the untrained model; ``train(model, checkpoint_path)`` trains it in place
@@ -333,6 +336,10 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
     partial checkpoint is set aside the same way (training restarts from epoch 0). A run whose
     loss or weights turn non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and
     caches nothing.
+
+    ``aliases`` are older spellings of the same configuration (see :func:`legacy_spellings`):
+    when ``config`` has no entry yet, an intact entry under an alias is used and saved under
+    ``config``'s key too, so that models cached before a key was made canonical are still found.
     """
     folder = cache_dir(cache)
     key = config_key(config)
@@ -341,8 +348,18 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
     if final.exists():
         cached = _load_cached_model(final, model)
         if cached is not None:
-            return model, {"key": key, "cached": True, "history": cached}
+            return model, {"key": key, "cached": True, "history": cached[0]}
         model = build()  # a failed load_state_dict may have filled part of the model
+    for alias in aliases:
+        old = folder / f"{config_key(alias)}.pt"
+        if old == final or not old.exists():
+            continue
+        cached = _load_cached_model(old, model)
+        if cached is not None:
+            with contextlib.suppress(UserError):  # a read-only cache: found under the alias next time
+                atomic_torch_save(cached[1], final)
+            return model, {"key": key, "cached": True, "history": cached[0]}
+        model = build()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -362,10 +379,10 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
     return model, {"key": key, "cached": False, "history": history}
 
 
-def _load_cached_model(path: Path, model: nn.Module) -> list[dict] | None:
-    """Load a cached model into ``model`` and return its history, or ``None`` (after setting the
-    file aside with a notice) when it is damaged. A legacy entry (no digest) that loads fully
-    and strictly is re-saved with its digest."""
+def _load_cached_model(path: Path, model: nn.Module) -> tuple[list[dict], dict] | None:
+    """Load a cached model into ``model`` and return its history and the file's content, or
+    ``None`` (after setting the file aside with a notice) when it is damaged. A legacy entry (no
+    digest) that loads fully and strictly is re-saved with its digest."""
     try:
         blob, had_digest = load_verified(path)
         model.load_state_dict(blob["state_dict"])
@@ -379,4 +396,27 @@ def _load_cached_model(path: Path, model: nn.Module) -> list[dict] | None:
             atomic_torch_save(blob, path)
         except UserError:
             pass  # a read-only cache: keep using the legacy entry as it is
-    return history
+    return history, blob
+
+
+def legacy_spellings(params: dict[str, Any], defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ways ``params`` (canonical: defaults filled in, numbers typed) may have been spelt
+    before they were canonical: each value at its default in ``defaults`` present or left out,
+    each whole-number float also as an int (a grid's ``epsilon: 4``). For
+    :func:`load_or_train`'s ``aliases``; ``params`` itself is not among them. Only values equal to
+    their default may be left out, so no spelling names a different experiment."""
+    absent = object()
+    choices = []
+    for name, value in sorted(params.items()):
+        options = [value]
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            options.append(int(value))
+        if name in defaults and defaults[name] == value:
+            options.append(absent)
+        choices.append([(name, option) for option in options])
+    out = []
+    for combo in itertools.product(*choices):
+        spelling = {name: option for name, option in combo if option is not absent}
+        if spelling != params or any(type(spelling[k]) is not type(params[k]) for k in spelling):
+            out.append(spelling)
+    return out
