@@ -12,7 +12,7 @@ export MCMIA_DATA ?= $(CURDIR)/.data
 export MCMIA_CACHE ?= $(CURDIR)/.cache/models
 export MPLBACKEND ?= Agg
 
-.PHONY: book test setup data notebooks benchmark clean
+.PHONY: book test setup data notebooks benchmark lint clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ notebooks: data
 
 benchmark: data
 	$(PY) benchmarks/shadow_training.py
+
+# The package's layers (import-linter) and the notebooks' code formatting (ruff, 88 columns).
+lint: setup
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff format --check book/*.ipynb
 
 clean:
 	rm -rf _build

@@ -311,7 +311,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- inference model
 
-#: Smallest probability kept in log features (log = -46): the inference model and the attack features.
+#: The smallest probability kept in log features (log = -46), by the inference model and the
+#: attack features.
 LOG_PROB_FLOOR = 1e-20
 
 

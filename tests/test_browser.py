@@ -1,6 +1,7 @@
 """The built book as a reader sees it: pages open in headless Chromium, figures load, no cell
-shows an error, glued numbers are filled in, equations render. Screenshots go to
-``_build/screenshots/``.
+shows an error, glued numbers are filled in, equations render, and pages read cleanly (the
+setup cell collapsed to one line, no horizontal scrolling of code or tables, figures shown
+near their own size). Screenshots go to ``_build/screenshots/``.
 
 Skipped where Debian's ``chromium`` or the ``playwright`` package is missing; ``.ci/run``
 installs both. The book loads MathJax from its CDN; offline, the equation test serves the same
@@ -71,10 +72,50 @@ def test_chapter_page_renders(chapter: str, built_book: Path, browser) -> None:
     assert "{glue" not in text and "glue:text" not in text, f"{chapter}: a glued number is missing"
     glued = page.evaluate("() => document.querySelectorAll('.pasted-text, .pasted-inline').length")
     assert glued > 0, f"{chapter}: no glued numbers in the prose"
+    _check_reading(chapter, page)
     shots = ROOT / "_build" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / f"{chapter}.png"), full_page=True)
     page.close()
+
+
+#: A figure shown narrower than this share of its own pixel width has text too small to read
+#: (e.g. four panels in one row squeezed to the page width).
+MIN_FIGURE_SCALE = 0.65
+
+
+def _check_reading(chapter: str, page) -> None:
+    """The page opens with its story: setup collapsed; nothing scrolls sideways; figures legible."""
+    setup = page.evaluate("""() => {
+        const cell = document.querySelector('main .cell');
+        const details = cell && cell.querySelector('details.hide');
+        return cell && {text: cell.innerText.slice(0, 300), collapsed: !!details && !details.open,
+                        summary: details ? details.querySelector('summary').innerText : ''};
+    }""")
+    assert setup and setup["collapsed"], f"{chapter}: the first cell (setup) is not collapsed"
+    assert setup["summary"].startswith("Setup: installs the package"), setup["summary"]
+    assert "import importlib" not in setup["text"], f"{chapter}: setup code shows before the story"
+    wide = page.evaluate("""() => {
+        const shown = e => e.offsetParent !== null && e.getClientRects().length > 0;
+        const out = [];
+        for (const e of document.querySelectorAll('main .cell_input pre, main .cell_output pre')) {
+            if (shown(e) && e.scrollWidth > e.clientWidth + 1) out.push('code: ' + e.innerText.slice(0, 80));
+        }
+        for (const t of document.querySelectorAll('main .cell_output table')) {
+            const box = t.closest('.cell_output');
+            if (shown(t) && t.getBoundingClientRect().width > box.getBoundingClientRect().width + 1)
+                out.push('table: ' + t.innerText.slice(0, 80));
+        }
+        return out;
+    }""")
+    assert not wide, f"{chapter}: scrolls sideways: {wide}"
+    small = page.evaluate("""(minScale) => Array.from(document.querySelectorAll('main .cell_output img'))
+        .filter(i => i.naturalWidth > 0 && i.getBoundingClientRect().width / i.naturalWidth < minScale)
+        .map(i => i.getAttribute('src') + ' shown at ' +
+             (i.getBoundingClientRect().width / i.naturalWidth).toFixed(2))""", MIN_FIGURE_SCALE)
+    assert not small, f"{chapter}: figures shrunk below legibility: {small}"
+    raw = page.evaluate("() => document.querySelectorAll('main .cell_output table.dataframe').length")
+    assert raw == 0, f"{chapter}: {raw} table(s) shown as DataFrame dumps"
 
 
 def test_intro_links_every_chapter(built_book: Path, browser) -> None:

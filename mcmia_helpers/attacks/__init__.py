@@ -11,7 +11,7 @@ Every attack returns one *score* per queried example, higher = more likely a mem
 evaluated by :func:`mcmia_helpers.metrics.attack_metrics`. All attacks query the target as a
 black box (its softmax output; the loss needs the true label too, which the attacker holds for
 its own queries). What else each attacker knows is its threat model, stated in
-:data:`THREAT_MODELS` and in each record; no attack sees the target's membership labels unless
+:data:`~mcmia_helpers.attacks.names.THREAT_MODELS` and in each record; no attack sees the target's membership labels unless
 its threat model says so (only ``nasr_inference``, which knows half of the members).
 
 - ``shadow_top3``: Shokri et al. (2017) shadow models + Salem et al.'s (2019) ML-Leaks features: an attack network on the sorted top-3 posteriors.
@@ -30,7 +30,7 @@ its threat model says so (only ``nasr_inference``, which knows half of the membe
 
 Thresholds (for the attack *accuracy*; AUC and TPR at low FPR need none) are calibrated on
 the attacker's own shadow models, never on the target's membership labels. The entry point is
-:func:`run_attacks`; :func:`compute_attack_scores` returns the raw scores (for ROC curves and
+:func:`~mcmia_helpers.attacks.runner.run_attacks`; :func:`~mcmia_helpers.attacks.runner.compute_attack_scores` returns the raw scores (for ROC curves and
 histograms) without the metrics.
 """
 

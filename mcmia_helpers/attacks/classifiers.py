@@ -90,7 +90,7 @@ def train_inference_model(model_probs_members: torch.Tensor, labels_members: tor
                           probs_nonmembers: torch.Tensor, labels_nonmembers: torch.Tensor,
                           epochs: int = 30, seed: int = 0, *, hidden: int = 64, lr: float = 1e-3,
                           batch_size: int = 64, weight_decay: float = 1e-4) -> InferenceModel:
-    """Train an :class:`InferenceModel` on softmax outputs of known members vs non-members.
+    """Train an :class:`~mcmia_helpers.models.InferenceModel` on softmax outputs of known members vs non-members.
 
     ``*_probs`` are ``(N, C)`` softmax outputs of the model under attack, ``labels_*`` the true
     class indices ``(N,)``. Classes are re-weighted if the two sets differ in size. Returns the

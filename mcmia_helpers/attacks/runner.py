@@ -93,12 +93,12 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
                           names: str | Iterable[str] | None = None, *,
                           lira_global_variance: bool | None = None,
                           cache: str | os.PathLike | None = None) -> AttackScores:
-    """Run the attacks ``names`` (default: :func:`default_attacks`) against ``model``; return scores.
+    """Run the attacks ``names`` (default: :func:`~mcmia_helpers.attacks.names.default_attacks`) against ``model``; return scores.
 
     Shadow and LiRA models are trained on ``ctx.device`` (together, see
     :mod:`mcmia_helpers.shadow`) or loaded from the cache. ``lira_global_variance`` defaults
     to ``n_lira_models < 64``. The defence-aware LiRA attacks use the same IN/OUT sets and
-    seeds as plain LiRA, with shadow models from :func:`defence_aware_models` (for an
+    seeds as plain LiRA, with shadow models from :func:`~mcmia_helpers.attacks.shadows.defence_aware_models` (for an
     undefended target they are the plain LiRA models), so the two differ only by the defence.
     """
     names = default_attacks(ctx.arch_scale) if names is None else validate_attack_names(names)

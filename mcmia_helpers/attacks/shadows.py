@@ -29,9 +29,12 @@ def attacker_builder(ctx: TargetContext) -> Callable[[], nn.Module]:
 
 
 def attacker_cache_config(ctx: TargetContext) -> dict[str, Any]:
-    """What identifies the attacker's models in the cache besides their members and seeds."""
+    """What identifies the attacker's models in the cache besides their members, seeds and
+    training configuration (the target's recipe, augmentation included: see
+    :meth:`~mcmia_helpers.context.TargetContext.data_identity`)."""
     return {"arch": ctx.spec.arch, "dataset": ctx.bundle.name_used, "view": ctx.bundle.view,
-            "width": ctx.arch_scale.width, "num_classes": ctx.bundle.num_classes}
+            "width": ctx.arch_scale.width, "num_classes": ctx.bundle.num_classes,
+            **ctx.data_identity()}
 
 
 def attacker_seed(ctx: TargetContext, role: int) -> int:
@@ -64,7 +67,7 @@ def lira_candidates(ctx: TargetContext) -> torch.Tensor:
 
 def lira_model_specs(ctx: TargetContext) -> tuple[list[ShadowSpec], torch.Tensor]:
     """LiRA's shadow models: complementary random halves of the candidates (see
-    :func:`lira_in_out_sets`). Returns the specs and the ``(N, len(candidates))`` IN matrix."""
+    :func:`~mcmia_helpers.attacks.lira.lira_in_out_sets`). Returns the specs and the ``(N, len(candidates))`` IN matrix."""
     candidates = lira_candidates(ctx)
     n = ctx.arch_scale.n_lira_models
     in_mask = lira_in_out_sets(len(candidates), n, attacker_seed(ctx, 22))

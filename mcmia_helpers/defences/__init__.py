@@ -5,7 +5,8 @@ undefended baseline), :mod:`~mcmia_helpers.defences.compression` (what pruning b
 sizes, FLOPs, latency), :mod:`~mcmia_helpers.defences.pruning` (the paper's ADMM pruning and
 magnitude baselines, chapter 2), :mod:`~mcmia_helpers.defences.minmax` (the Min-Max game and
 pruning inside it, chapter 3) and :mod:`~mcmia_helpers.defences.dp` (DP-SGD, chapter 4).
-A defence knows no attack; the attacks find a defence's trainer in :data:`DEFENSES`.
+A defence knows no attack; the attacks find a defence's trainer in
+:data:`~mcmia_helpers.defences.registry.DEFENSES`.
 """
 
 from __future__ import annotations

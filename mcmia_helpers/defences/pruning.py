@@ -37,7 +37,7 @@ Baselines (:func:`prune_model` ``method=``):
 Every method gets the same training budget after the dense model, ``admm_epochs +
 retrain_epochs`` (by default half the target's epochs each), so the comparison is about the
 method, not the number of epochs. Prunable weights are those of every ``Conv2d`` and
-``Linear`` (not biases, not norm layers); see :func:`~mcmia_helpers.compression.prunable_layers`.
+``Linear`` (not biases, not norm layers); see :func:`~mcmia_helpers.defences.compression.prunable_layers`.
 One overall sparsity is spread over the layers by :func:`default_sparsity_profile` (small
 layers pruned less); :func:`prune_filters_vgg` is the structured alternative that removes
 whole filters and so really runs faster on a CPU.

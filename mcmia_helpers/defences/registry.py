@@ -19,8 +19,8 @@ from mcmia_helpers.context import TargetContext
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.training import fit, load_or_train
 
-#: What a defence's trainer returns: the trained model and extra fields for the record.
-Trainer = Callable[[TargetContext], "tuple[nn.Module, dict[str, Any]]"]
+#: A defence's trainer, which returns the trained model and extra fields for the record.
+Trainer = Callable[[TargetContext], tuple[nn.Module, dict[str, Any]]]
 
 
 def train_undefended(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
