@@ -18,7 +18,8 @@ from mcmia_helpers.attacks import (ATTACKS, DEFENCE_AWARE_ATTACKS, THREAT_MODELS
 from mcmia_helpers.data import MIASplit, load_dataset, make_split
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec, TargetContext
-from mcmia_helpers.metrics import METRIC_KEYS, auc
+from mcmia_helpers.attacks import lira_threshold
+from mcmia_helpers.metrics import METRIC_KEYS, auc, balanced_accuracy, best_threshold
 from mcmia_helpers.scales import get_scale, split_sizes
 from mcmia_helpers.training import TrainConfig, fit
 
@@ -123,6 +124,64 @@ def test_lira_scores_nan_without_observations() -> None:
     shadow = torch.tensor([[1.0, 2.0], [1.5, 0.0]])
     offline = lira_scores(torch.tensor([1.0, 1.0]), shadow, in_mask, online=False)
     assert np.isnan(offline[0]) and np.isfinite(offline[1])
+
+
+def _lira_world(n_models: int, n_examples: int = 400, seed: int = 0):
+    """Synthetic LiRA statistics: per-example difficulty (sd 3), +1.5 when a model trained on the
+    example, model noise (sd 0.5). Returns a function drawing models for an IN mask."""
+    gen = torch.Generator().manual_seed(seed)
+    difficulty = torch.randn(n_examples, generator=gen) * 3
+
+    def draw(in_mask: torch.Tensor) -> torch.Tensor:
+        return difficulty + 1.5 * in_mask.double() + 0.5 * torch.randn(in_mask.shape, generator=gen)
+
+    in_mask = lira_in_out_sets(n_examples, n_models, seed=seed + 1)
+    return draw, in_mask, draw(in_mask)
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_lira_threshold_is_leave_one_out(online: bool) -> None:
+    """Each shadow model in turn is the target, scored by the *other* models against its own
+    IN/OUT sets; the threshold is the best one over all of those scores."""
+    _, in_mask, stats = _lira_world(8)
+    scores, labels = [], []
+    for j in range(8):
+        others = [i for i in range(8) if i != j]
+        s = lira_scores(stats[j], stats[others], in_mask[others], online, True)
+        scores.append(s)
+        labels.append(in_mask[j].numpy())
+    expected = best_threshold(np.concatenate(labels).astype(int), np.concatenate(scores))
+    assert lira_threshold(stats, in_mask, online, True) == expected
+    # scoring a model with itself among the shadow models (no leave-one-out) is a different,
+    # over-confident calibration: the test above tells the two apart
+    with_self = np.concatenate([lira_scores(stats[j], stats, in_mask, online, True) for j in range(8)])
+    assert best_threshold(np.concatenate(labels).astype(int), with_self) != expected
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_lira_threshold_transfers_to_a_fresh_target(online: bool) -> None:
+    """Calibrated on the shadow models only, the threshold's balanced accuracy on a new target
+    (one never seen) is close to the best any threshold reaches on that target's labels."""
+    draw, in_mask, stats = _lira_world(8)
+    threshold = lira_threshold(stats, in_mask, online, True)
+    is_member = torch.arange(400) % 3 == 0  # any membership, not a LiRA half
+    target = draw(is_member)
+    scores = lira_scores(target, stats, in_mask, online, True)
+    labels = is_member.numpy().astype(int)
+    calibrated = balanced_accuracy(labels, (scores >= threshold).astype(int))
+    oracle = balanced_accuracy(labels, (scores >= best_threshold(labels, scores)).astype(int))
+    assert calibrated > 0.75 and oracle - calibrated < 0.03
+
+
+def test_lira_threshold_needs_four_models_and_both_labels() -> None:
+    for n in (2, 3):
+        _, in_mask, stats = _lira_world(n)
+        assert lira_threshold(stats, in_mask, True, True) is None
+        assert lira_threshold(stats, in_mask, False, True) is None
+    _, in_mask, stats = _lira_world(4)
+    assert isinstance(lira_threshold(stats, in_mask, True, True), float)
+    everyone_in = torch.ones_like(in_mask)  # no OUT observation anywhere: nothing to calibrate on
+    assert lira_threshold(stats, everyone_in, True, True) is None
 
 
 def test_calibrate_threshold_picks_the_separating_score() -> None:
@@ -285,3 +344,19 @@ def test_run_attacks_record_and_saved_scores(overfit_target, tmp_path) -> None:
     assert np.isnan(saved["score_nasr_inference"]).sum() == n  # known members + unevaluated non-members
     assert float(saved["threshold_loss"]) == pytest.approx(results["loss"]["threshold"])
     assert len(list(cache.glob("*.pt"))) == 6  # 2 shadow + 4 LiRA models, trained once
+
+
+@pytest.mark.slow
+def test_lira_with_two_models_reports_the_oracle_accuracy(overfit_target) -> None:
+    """With fewer than 4 LiRA models no leave-one-out threshold exists: the record says the
+    accuracy is the oracle's (best threshold on the target's labels) and the note says why."""
+    ctx, model, cache, _ = overfit_target
+    two = replace(ctx, arch_scale=replace(ctx.arch_scale, n_lira_models=2))
+    scores = compute_attack_scores(two, model, ["lira_online"], cache=cache)
+    assert scores.thresholds["lira_online"] is None
+    assert "fewer than 4 shadow models" in scores.notes["lira_online"]
+    record = scores.metrics(n_bootstrap=0)["lira_online"]
+    assert record["threshold_kind"] == "oracle"
+    labels, s = scores.labels, scores.scores["lira_online"]
+    assert record["accuracy"] == pytest.approx(
+        balanced_accuracy(labels, (s >= best_threshold(labels, s)).astype(int)))
