@@ -1,8 +1,14 @@
 """The command line: ``python -m mcmia_helpers run|grid|data ...``.
 
-Every mistake a user can make (an unknown architecture, dataset or defence, a bad seed, an
-unwritable ``--out``, a dataset missing offline) ends with one line on stderr and exit status 2,
-never a traceback. Results are written atomically: an interrupted run leaves no half record.
+Every mistake a user can make (an unknown architecture, dataset or defence, a seed outside
+``[0, 2**31)``, a parameter that is not finite or out of bounds, a device torch does not see, an
+output that is a folder or a device, an unwritable ``--out``, ``MCMIA_CACHE`` or ``MCMIA_DATA``,
+a grid file that does not match the schema, a dataset missing offline) ends with one line on
+stderr and exit status 2, never a traceback, and is caught before data is loaded or a model
+trained (:mod:`mcmia_helpers.validation`). ``--dry-run`` stops right after these checks.
+Defence parameters are made canonical (:func:`mcmia_helpers.grid.canonical_params`), so every
+spelling of one experiment shares one cell id, one record and one cached model. Results are
+written atomically: an interrupted run leaves no half record.
 """
 
 from __future__ import annotations
@@ -234,4 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: finished epochs are checkpointed; run the same command again to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... --print-commands | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 1
