@@ -375,3 +375,98 @@ def test_filter_pruning_errors_and_dp_form() -> None:
         P.prune_filters_vgg(_vgg(), 1.0)
     narrow = P.prune_filters_vgg(_vgg(dp_compatible=True), 0.5)  # GroupNorm regrouped
     assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------- ADMM's rho schedule
+
+
+def test_admm_growth_lets_the_last_update_reach_rho_max() -> None:
+    """rho grows by at least rho_growth per Z/U update, and by more when the phase has too few
+    updates: after n - 1 updates (the start of the last epoch) rho is at rho_max."""
+    settings = P.ADMMSettings()  # 1e-3, x1.3, capped at 1
+    assert settings.growth_for(4) == pytest.approx(10.0)  # 1e-3 -> 1e-2 -> 1e-1 -> 1
+    assert settings.growth_for(40) == 1.3  # x1.3 gets there in 27 updates: no faster needed
+    assert settings.growth_for(1) == 1.3
+    for n in range(2, 60):
+        growth = settings.growth_for(n)
+        assert growth >= settings.rho_growth
+        assert settings.rho_init * growth ** (n - 1) >= settings.rho_max * (1 - 1e-9), n
+
+
+def test_admm_trains_its_last_epoch_at_rho_max(fashion, monkeypatch) -> None:
+    """The rho seen by every penalty evaluation of a 4-epoch ADMM phase (8 steps per epoch):
+    constant within an epoch, x10 from one epoch to the next, 1 in the last epoch."""
+    seen: list[float] = []
+    real = P.ADMMCallback.extra_loss
+
+    def recording(self, model, x, y, logits):
+        seen.append(self.rho)
+        return real(self, model, x, y, logits)
+
+    monkeypatch.setattr(P.ADMMCallback, "extra_loss", recording)
+    config = replace(QUICK, epochs=4)
+    _, _, info = P.prune_model(_lenet(), fashion, MEMBERS, config, "admm", 0.5, admm_epochs=4,
+                               retrain_epochs=0, device=torch.device("cpu"))
+    assert len(seen) == 4 * 8
+    per_epoch = [seen[8 * e:8 * e + 8] for e in range(4)]
+    for epoch, values in enumerate(per_epoch):
+        assert values == pytest.approx([1e-3 * 10**epoch] * 8, rel=1e-9), epoch
+    assert per_epoch[-1][0] == pytest.approx(1.0, rel=1e-12)
+    assert info["admm"]["rho_growth_used"] == pytest.approx(10.0)
+    assert info["admm"]["rho_final"] == 1.0  # the last update is capped
+
+
+def test_admm_update_rescales_u_with_rho() -> None:
+    """Z = projection of W + U; U = W + U - Z, rescaled by rho_old / rho_new so that the
+    unscaled dual variable rho * U carries over unchanged; the penalty is rho/2 ||W - Z + U||^2."""
+    model = _lenet()
+    name = "features.0"
+    cb = P.ADMMCallback(model, {name: 0.5}, rho_init=0.01, rho_growth=3.0, rho_max=1.0)
+    gen = torch.Generator().manual_seed(0)
+    cb.U[name] = 0.01 * torch.randn(cb.U[name].shape, generator=gen)
+    w = model.features[0].weight.detach().clone()
+    u_old, rho_old = cb.U[name].clone(), cb.rho
+    cb.update(model)
+    candidate = w + u_old
+    keep = P.project(candidate, 0.5)
+    assert torch.equal(cb.Z[name], candidate * keep)
+    assert (cb.Z[name] == 0).sum() == candidate.numel() // 2
+    assert cb.rho == pytest.approx(0.03)
+    torch.testing.assert_close(cb.U[name], (candidate - candidate * keep) * rho_old / cb.rho)
+    torch.testing.assert_close(cb.rho * cb.U[name], rho_old * (w + u_old - cb.Z[name]))
+    expected = 0.5 * cb.rho * float((w - cb.Z[name] + cb.U[name]).pow(2).sum())
+    assert float(cb.extra_loss(model, None, None, None)) == pytest.approx(expected, rel=1e-5)
+    for _ in range(5):  # capped at rho_max: U is no longer rescaled
+        cb.update(model)
+    assert cb.rho == 1.0
+    u_before = cb.U[name].clone()
+    w_now = model.features[0].weight.detach()
+    cb.update(model)
+    torch.testing.assert_close(cb.U[name], u_before + w_now - cb.Z[name])
+
+
+def test_admm_update_every_steps_or_once_per_epoch() -> None:
+    model = _lenet()
+    targets = {"features.0": 0.5}
+    every3 = P.ADMMCallback(model, targets, update_every=3)
+    per_epoch = P.ADMMCallback(model, targets)
+    for _ in range(7):
+        every3.after_step(model)
+        per_epoch.after_step(model)
+    assert every3.updates == 2 and per_epoch.updates == 0
+    row3, row1 = every3.epoch_end(0, model), per_epoch.epoch_end(0, model)
+    assert every3.updates == 2 and per_epoch.updates == 1  # the epoch end updates only without update_every
+    assert row3["admm_updates"] == 2 and row1["admm_updates"] == 1
+    assert row3["rho"] == pytest.approx(1e-3 * 1.3**2) and row1["rho"] == pytest.approx(1e-3 * 1.3)
+
+
+def test_admm_updates_per_epoch_spread_over_the_epoch(fashion) -> None:
+    """updates_per_epoch = 2 with 8 steps per epoch: an update every 4 steps, 4 in 2 epochs."""
+    settings = P.ADMMSettings(updates_per_epoch=2)
+    config = replace(QUICK, epochs=2)
+    _, _, info = P.prune_model(_lenet(), fashion, MEMBERS, config, "admm", 0.5, admm_epochs=2,
+                               retrain_epochs=0, admm=settings, device=torch.device("cpu"))
+    rows = [r for r in info["history"] if r["phase"] == "admm"]
+    assert [r["admm_updates"] for r in rows] == [2, 4]
+    assert info["admm"]["rho_growth_used"] == pytest.approx(settings.growth_for(4))
+    assert rows[0]["rho"] == pytest.approx(1e-3 * settings.growth_for(4) ** 2)
