@@ -227,3 +227,26 @@ def test_largest_seed_derives_shadow_seeds_without_overflow(digits) -> None:
     shadow_seed = (2**31 - 1) * 100_000 + 2001
     history = fit(_lenet(), digits, torch.arange(32), TrainConfig(epochs=1, batch_size=32, seed=shadow_seed))
     assert len(history) == 1
+
+
+@pytest.mark.slow
+def test_flipping_bytes_in_every_cached_file_changes_no_number(tmp_path, monkeypatch, capsys) -> None:
+    """The issue's end-to-end check: a run, 64 bytes flipped in every file of its cache, the same
+    run again: one notice per damaged file, everything retrained, the same record."""
+    from mcmia_helpers.cli import main
+
+    monkeypatch.setenv("MCMIA_CACHE", str(tmp_path / "cache"))
+    run = ["run", "--arch", "lenet5", "--dataset", "digits", "--scale", "ci", "--attacks", "loss"]
+    assert main([*run, "--out", str(tmp_path / "a.json")]) == 0
+    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    assert cached
+    for path in cached:
+        flip(path)
+    capsys.readouterr()
+    assert main([*run, "--out", str(tmp_path / "b.json")]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert len(notices) == len(cached), notices
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert b["cached"] is False
+    for key in ("train_acc", "train_loss", "member_acc", "nonmember_acc", "test_acc", "attacks", "history"):
+        assert a[key] == b[key], key
