@@ -123,8 +123,53 @@ def test_lambda_zero_trains_f_exactly_as_without_the_game(fashion) -> None:
                   callback=_game(fashion, torch.arange(2000, 2096), lam=0.0))
     for a, b in zip(plain.state_dict().values(), played.state_dict().values()):
         assert torch.equal(a, b)
-    assert {"gain", "h_acc", "adv_gain", "ce"} <= set(history[-1])
-    assert all(-5 < row["gain"] <= 0 and 0 <= row["h_acc"] <= 1 for row in history)
+    assert {"gain", "h_acc", "adv_gain", "ce"} <= set(history[-1])  # the game ran (lam = 0)
+
+
+class _RecordingGame(D.MinMaxCallback):
+    """The game, also computing h's gain and accuracy by their definitions before each h step:
+    gain = (mean log h(member) + mean log(1 - h(reference))) / 2, accuracy at h = 1/2."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps: list[tuple[float, float]] = []
+        self.f_terms: list[tuple[float, float]] = []
+
+    def _h_step(self, member, reference) -> None:
+        with torch.no_grad():
+            logits = self.h(torch.cat([member[0], reference[0]]),
+                            torch.cat([member[1], reference[1]])).double()
+        n = len(member[0])
+        gain = (F.logsigmoid(logits[:n]).mean() + F.logsigmoid(-logits[n:]).mean()) / 2
+        correct = torch.cat([logits[:n] > 0, logits[n:] <= 0]).double().mean()
+        self.steps.append((float(gain), float(correct)))
+        super()._h_step(member, reference)
+
+    def extra_loss(self, model, x, y, logits):
+        out = super().extra_loss(model, x, y, logits)
+        with torch.no_grad():
+            self.h.eval()
+            h_logits = self.h(F.softmax(logits.float(), 1), F.one_hot(y, self.num_classes).float())
+        self.f_terms.append((float(F.logsigmoid(h_logits).mean()), float(F.cross_entropy(logits, y))))
+        return out
+
+
+def test_game_history_reports_h_gain_accuracy_and_f_terms_by_definition(fashion) -> None:
+    """Each epoch's row is the mean over that epoch's h steps (k = 2 per batch) of h's gain and
+    accuracy, and the mean over f's steps of its adversarial term and cross-entropy."""
+    members, reference = torch.arange(96), torch.arange(2000, 2096)
+    torch.manual_seed(7919)
+    game = _RecordingGame(InferenceModel(fashion.num_classes), fashion, reference, 2.0, 2, seed=0)
+    history = fit(_lenet(), fashion, members, QUICK, device=CPU, callback=game)
+    h_per_epoch, f_per_epoch = len(game.steps) // QUICK.epochs, len(game.f_terms) // QUICK.epochs
+    assert h_per_epoch == 2 * f_per_epoch == 2 * 3  # 3 batches of 32, two h steps each
+    for epoch, row in enumerate(history):
+        h_steps = np.array(game.steps[epoch * h_per_epoch:(epoch + 1) * h_per_epoch])
+        f_steps = np.array(game.f_terms[epoch * f_per_epoch:(epoch + 1) * f_per_epoch])
+        assert row["gain"] == pytest.approx(h_steps[:, 0].mean(), rel=1e-4)
+        assert row["h_acc"] == pytest.approx(h_steps[:, 1].mean())
+        assert row["adv_gain"] == pytest.approx(f_steps[:, 0].mean(), rel=1e-4)
+        assert row["ce"] == pytest.approx(f_steps[:, 1].mean(), rel=1e-4)
 
 
 def test_killed_game_resumes_to_the_same_weights(fashion, tmp_path, interrupt_at) -> None:
