@@ -16,10 +16,11 @@ A stack of layers in the order of the chapters; each imports only from the layer
    (chapter 3), ``dp`` (chapter 4);
 6. ``attacks/``: ``names``, ``scores``, ``classifiers``, ``lira``, ``shadows`` (the attacker's
    models, defence-aware ones through the registry) and ``runner`` (chapter 1);
-7. ``experiments``: one experiment = one JSON record;
+7. ``zoo/``: model zoos, every model a target and the others its shadow models (leave-one-out
+   LiRA, paired defences, canaries); ``experiments``: one experiment = one JSON record;
 8. ``plots``, then ``grid`` (YAML grids, chapter 5), ``exposure`` (chapter 6), ``explorer``
    (chapter 5), ``notebook`` (glue, scales in notebooks);
-9. ``cli``: ``python -m mcmia_helpers run|grid|data``.
+9. ``cli``: ``python -m mcmia_helpers run|grid|zoo|data``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.version import __version__
 from mcmia_helpers import (attacks, context, data, defences, experiments, explorer,
                            exposure, grid, io, metrics, models, notebook, plots, scales, shadow,
-                           training)
+                           training, zoo)
 
 __all__ = ["UserError", "__version__", "attacks", "context", "data", "defences", "experiments",
            "explorer", "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
-           "shadow", "training"]
+           "shadow", "training", "zoo"]

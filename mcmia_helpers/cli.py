@@ -139,6 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--dry-run", action="store_true",
                       help="check the grid file and print how many cells would run, then stop")
 
+    zoo = sub.add_parser("zoo", help="train (or load) a model zoo, attack every model leave-one-out, write a JSON record")
+    zoo.add_argument("--arch", required=True, choices=ARCHITECTURES)
+    zoo.add_argument("--dataset", required=True, choices=DATASETS)
+    zoo.add_argument("--standin", choices=DATASETS, default=None,
+                     help="dataset to use instead when --dataset is not available offline (named in the record)")
+    zoo.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
+    zoo.add_argument("--models", type=_int_in(-10**9, 10**9), default=None,
+                     help="models in the zoo, even and >= 4 (default: the scale's)")
+    zoo.add_argument("--pool", type=_int_in(-10**12, 10**12), default=None,
+                     help="candidate pool size, even (default: the scale's)")
+    zoo.add_argument("--canaries", type=_int_in(-10**12, 10**12), default=None,
+                     help="mislabelled pool examples reported apart (default: the scale's)")
+    zoo.add_argument("--defense", default="none", help="none, dense-long or a defence of `run`")
+    zoo.add_argument("--seed", type=_seed, default=0, help=f"random seed, an integer in [0, {SEED_LIMIT})")
+    for flag, kind in (("--pruning", str), ("--sparsity", _number), ("--sparsity-spec", str),
+                       ("--lam", _number), ("--k-steps", _int_in(1, 100)), ("--epsilon", _number),
+                       ("--delta", _number), ("--max-grad-norm", _number)):
+        zoo.add_argument(flag, type=kind, default=None, help="as for `run`")
+    zoo.add_argument("--attacks", default="lira_online,lira_offline,loss",
+                     help="comma-separated: lira_online, lira_offline and the metric attacks; "
+                          "<name>_aware takes its shadow models from the defended zoo")
+    zoo.add_argument("--out", type=_output("--out"), default=None, help="where the JSON record goes (default: stdout)")
+    zoo.add_argument("--save-scores", type=_output("--save-scores"), default=None,
+                     help="write pool indices, membership matrix and an N x P score matrix per attack (.npz)")
+    zoo.add_argument("--progress", action="store_true", help="show progress bars")
+
     data = sub.add_parser("data", help="prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
     fetch = data_sub.add_parser("fetch", help="download or copy a dataset into the data folder")
@@ -212,6 +238,26 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo(args: argparse.Namespace) -> int:
+    from mcmia_helpers.defences import DEFENSE_PARAMS
+    from mcmia_helpers.io import atomic_write_json
+    from mcmia_helpers.zoo import ZooSpec, run_zoo
+
+    names = {name for names in DEFENSE_PARAMS.values() for name in names}
+    params = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    check_params(params)
+    spec = ZooSpec(arch=args.arch, dataset=args.dataset, scale=args.scale, defense=args.defense,
+                   params=params, n_models=args.models, pool=args.pool, canaries=args.canaries,
+                   seed=args.seed, standin=args.standin)
+    record = run_zoo(spec, args.attacks, save_scores=args.save_scores, progress=args.progress)
+    if args.out:
+        atomic_write_json(args.out, record)
+        print(f"wrote {args.out} ({record['dataset_description']})", file=sys.stderr)
+    else:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error)."""
     parser = build_parser()
@@ -222,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "grid":
             return _grid(args)
+        if args.command == "zoo":
+            return _zoo(args)
         if args.command == "data":
             from mcmia_helpers.data import data_root, fetch_dataset
             from mcmia_helpers.io import check_writable_dir

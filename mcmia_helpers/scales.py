@@ -134,3 +134,75 @@ def split_sizes(n_members: int) -> SplitSizes:
     """The split sizes that go with a target trained on ``n_members`` examples."""
     return SplitSizes(members=n_members, nonmembers=n_members, shadow_pool=2 * n_members,
                       reference=n_members, test=n_members)
+
+
+# --------------------------------------------------------------------------- model zoos
+
+
+@dataclass(frozen=True)
+class ZooScale:
+    """Sizes of a model zoo (:mod:`mcmia_helpers.zoo`) for one architecture at one scale.
+
+    ``n_models`` models, each trained on half of a candidate ``pool`` (so ``pool / 2`` members
+    and as many non-members per target), of which ``canaries`` are mislabelled on purpose;
+    ``test`` held-out examples measure utility and ``reference`` examples are the Min-Max
+    defender's own data (both disjoint from the pool). ``epochs`` overrides the architecture's
+    epochs at this scale (``None``: keep them). ``models_by_defense`` lowers ``n_models`` for the
+    defences that train one model at a time (Min-Max, DP-SGD): a smaller zoo of a defence uses
+    the first rows of the dense zoo's membership matrix, so it stays paired with it.
+    """
+
+    n_models: int
+    pool: int
+    canaries: int = 0
+    epochs: int | None = None
+    test: int = 1000
+    reference: int = 500
+    width: float | None = None
+    models_by_defense: tuple[tuple[str, int], ...] = ()
+
+    def models_for(self, defense: str) -> int:
+        """How many models the zoo of ``defense`` has at this scale."""
+        return dict(self.models_by_defense).get(defense, self.n_models)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_ONE_AT_A_TIME = (("minmax", 16), ("prune+minmax", 16), ("dp", 8))
+
+_ZOO_TABLE: dict[str, dict[str, ZooScale]] = {
+    # ci: the tests' zoo, seconds on 2 cores; overfits (20 epochs on 500 members), so it leaks.
+    "ci": {
+        "lenet5": ZooScale(n_models=8, pool=1000, canaries=100, epochs=20, test=500, reference=250,
+                           models_by_defense=(("minmax", 4), ("prune+minmax", 4), ("dp", 4))),
+        **{arch: ZooScale(n_models=4, pool=256, canaries=0, epochs=2, test=256, reference=128)
+           for arch in ("vgg16", "mobilenetv2", "resnet18")},
+    },
+    # book: sized to a 2-core CPU (see the zoo chapter's measured times); 32 x 2,000 non-member
+    # scores = 64,000 pooled non-member scores per LeNet-5 zoo.
+    "book": {
+        "lenet5": ZooScale(n_models=32, pool=4000, canaries=200, epochs=30, test=2000,
+                           reference=1000, models_by_defense=_ONE_AT_A_TIME),
+        **{arch: ZooScale(n_models=16, pool=1000, canaries=0, epochs=10, test=1000, reference=500,
+                          width=0.25, models_by_defense=(("minmax", 8), ("prune+minmax", 8), ("dp", 8)))
+           for arch in ("vgg16", "mobilenetv2", "resnet18")},
+    },
+    # paper: 64+ models on full pools, for a GPU.
+    "paper": {
+        "lenet5": ZooScale(n_models=64, pool=40000, canaries=500, epochs=50, test=10000,
+                           reference=10000, models_by_defense=(("dp", 32),)),
+        **{arch: ZooScale(n_models=64, pool=40000, canaries=500, epochs=100, test=10000,
+                          reference=5000, width=1.0, models_by_defense=(("dp", 32),))
+           for arch in ("vgg16", "mobilenetv2", "resnet18")},
+    },
+}
+
+
+def zoo_scale(scale: str, arch: str) -> ZooScale:
+    """The zoo sizes of ``arch`` at ``scale`` (one-line UserError for an unknown name)."""
+    if scale not in _ZOO_TABLE:
+        raise UserError(f"unknown scale '{scale}': use --scale {', '.join(SCALES)}")
+    if arch not in _ZOO_TABLE[scale]:
+        raise UserError(f"no zoo sizes for architecture '{arch}': choose one of {', '.join(_ZOO_TABLE[scale])}")
+    return _ZOO_TABLE[scale][arch]

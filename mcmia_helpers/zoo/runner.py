@@ -1,0 +1,151 @@
+"""One zoo experiment = one zoo (and the dense zoo where an attack needs it), its leave-one-out
+attacks, and one JSON record; what ``python -m mcmia_helpers zoo`` runs.
+
+See :mod:`mcmia_helpers.zoo.membership` (who trains on what; canaries after Aerni, Zhang and
+Tramèr, CCS 2024), :mod:`mcmia_helpers.zoo.train` (cached, resumable, batched training) and
+:mod:`mcmia_helpers.zoo.evaluate` (leave-one-out LiRA after Carlini et al. 2022, pooled and
+per-target metrics, bootstrap over targets, paired differences).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.io import atomic_write, check_writable_dir
+from mcmia_helpers.metrics import mean_interval
+from mcmia_helpers.training import cache_dir
+from mcmia_helpers.version import __version__
+from mcmia_helpers.zoo.evaluate import (ZooScores, attack_zoo, base_attack, example_exposure,
+                                        paired_difference, zoo_attack_names, zoo_metrics)
+from mcmia_helpers.zoo.membership import membership_summary
+from mcmia_helpers.zoo.train import Zoo, ZooSetup, ZooSpec, prepare_zoo, train_zoo
+
+SUBSETS = ("all", "ordinary", "canaries")
+
+
+def check_zoo_request(spec: ZooSpec, attacks: str | Iterable[str]) -> tuple[str, ...]:
+    """Every check that needs no data: the spec and the attack names (one-line UserError)."""
+    spec.validate()
+    names = zoo_attack_names(attacks)
+    check_writable_dir(cache_dir(), "the model cache (MCMIA_CACHE)")
+    return names
+
+
+def _utility(zoo: Zoo) -> dict[str, Any]:
+    test, member = zoo.test_acc, zoo.member_acc()
+    return {"test_acc": test, "member_acc": member, "test_acc_mean": float(np.mean(test)),
+            "member_acc_mean": float(np.mean(member)),
+            "test_acc_mean_ci95": list(mean_interval(test, bounds=(0.0, 1.0))[1:])}
+
+
+def run_zoo(spec: ZooSpec, attacks: str | Iterable[str] = "lira_online,lira_offline,loss", *,
+            save_scores: str | os.PathLike | None = None, progress: bool = False,
+            n_bootstrap: int = 200, group_size: int = 16,
+            setup: ZooSetup | None = None) -> dict[str, Any]:
+    """Train (or load) the zoo of ``spec`` and, where an attack needs it, the dense zoo; run
+    ``attacks`` leave-one-out (names ending in ``_aware`` take their shadow models from the
+    defended zoo, the others from the dense zoo); return the record.
+
+    ``save_scores`` writes an ``.npz`` (atomically) with ``pool_indices``, ``membership``
+    ``(N, P)``, ``labels``, ``canary``, ``test_acc`` and per attack ``score_<attack>`` ``(N, P)``,
+    ``threshold_<attack>`` ``(N,)`` and the per-example exposure ``exposure_auc_<attack>`` and
+    ``exposure_flagged_in_<attack>`` (see :func:`~mcmia_helpers.zoo.evaluate.example_exposure`).
+    """
+    started = time.perf_counter()
+    names = check_zoo_request(spec, attacks)
+    setup = setup or prepare_zoo(spec, progress=progress)
+    params = spec.normalised_params()
+    n = spec.models()
+    zoo = train_zoo(setup, spec.defense, params, n, group_size=group_size, progress=progress)
+    dense = zoo
+    if spec.defense != "none":
+        dense = train_zoo(setup, "none", {}, n, group_size=group_size, progress=progress)
+    results: dict[str, Any] = {}
+    scores: dict[str, ZooScores] = {}
+    for name in names:
+        _, aware = base_attack(name)
+        zs = attack_zoo(name, zoo, zoo if aware else dense)
+        scores[name] = zs
+        entry: dict[str, Any] = {"shadow_zoo": zs.shadow_zoo, "note": zs.note,
+                                 "shadow_models": [[j for _, j in used] for used in zs.shadows]}
+        for subset in SUBSETS:
+            entry[subset] = zoo_metrics(zs, subset, n_bootstrap=n_bootstrap, seed=spec.seed)
+        results[name] = entry
+    paired: dict[str, Any] = {}
+    if spec.defense != "none":
+        for name in names:
+            base, aware = base_attack(name)
+            reference = attack_zoo(base, dense, dense)
+            paired[name] = {subset: paired_difference(scores[name], reference, subset,
+                                                      n_bootstrap=n_bootstrap, seed=spec.seed)
+                            for subset in ("all", "canaries")}
+    bundle = setup.ctx.bundle
+    counts = membership_summary(zoo.membership)
+    record: dict[str, Any] = {
+        "kind": "zoo",
+        "arch": spec.arch,
+        "dataset_requested": spec.dataset,
+        "dataset_used": bundle.name_used,
+        "dataset_standin": bundle.is_standin,
+        "dataset_view": bundle.view,
+        "dataset_description": bundle.describe(),
+        "scale": spec.scale,
+        "defense": spec.defense,
+        "params": params,
+        "models": n,
+        "pool": setup.zoo_pool.size,
+        "canaries": int(setup.zoo_pool.canary.sum()),
+        "members_per_model": counts["members_per_model"],
+        "models_per_example": counts["models_per_example"],
+        "pooled_members": counts["pooled_members"],
+        "pooled_nonmembers": counts["pooled_nonmembers"],
+        "seed": spec.seed,
+        "seeds": zoo.seeds,
+        "width": setup.ctx.arch_scale.width,
+        "train_config": setup.ctx.train_config.to_dict(),
+        "test_size": int(setup.zoo_pool.test.numel()),
+        "reference_size": int(setup.zoo_pool.reference.numel()),
+        "zoo_identity": setup.zoo_pool.identity(),
+        "utility": _utility(zoo),
+        "dense_utility": _utility(dense) if dense is not zoo else None,
+        "model_extras": zoo.extras,
+        "attacks": results,
+        "paired_vs_dense": paired or None,
+        "training": {"zoo": zoo.info, "dense": dense.info if dense is not zoo else None},
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if save_scores is not None:
+        save_zoo_scores(save_scores, setup, zoo, scores)
+    record["wall_time_s"] = round(time.perf_counter() - started, 3)
+    return record
+
+
+def save_zoo_scores(path: str | os.PathLike, setup: ZooSetup, zoo: Zoo,
+                    scores: dict[str, ZooScores]) -> None:
+    """The ``--save-scores`` file (see :func:`run_zoo`), written atomically."""
+    arrays: dict[str, np.ndarray] = {
+        "pool_indices": setup.zoo_pool.pool.numpy(), "membership": zoo.membership.numpy(),
+        "labels": zoo.labels.numpy(), "canary": zoo.canary.numpy(),
+        "test_acc": np.asarray(zoo.test_acc), "seeds": np.asarray(zoo.seeds),
+        "attacks": np.array(list(scores), dtype=str)}
+    for name, zs in scores.items():
+        arrays[f"score_{name}"] = zs.scores
+        arrays[f"threshold_{name}"] = zs.thresholds
+        exposure = example_exposure(zs)
+        arrays[f"exposure_auc_{name}"] = exposure["auc"]
+        arrays[f"exposure_flagged_in_{name}"] = exposure["flagged_in"]
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    except OSError as exc:  # pragma: no cover - atomic_write turns these into UserError
+        raise UserError(f"cannot write {path}: {exc}") from None

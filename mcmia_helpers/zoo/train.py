@@ -1,0 +1,425 @@
+"""Training a model zoo: every model on its half of the pool, cached one file per model.
+
+A zoo (see :mod:`mcmia_helpers.zoo.membership`; Carlini et al. 2022) is ``N`` models of one
+recipe. Each model is cached in its own file, keyed by its full recipe (architecture, data and
+view, width, training configuration with the model's own seed, defence and its parameters,
+and hashes of its members, the pool and the pool's labels), holding its weights, its logits
+on the whole pool and its test accuracy. So
+
+* a killed zoo resumes: what was saved stays, only the missing models train (a dense zoo
+  trains in groups of ``group_size`` on the grouped engine and loses at most the group in
+  training; a zoo trained one model at a time loses at most that model, and the defence
+  trainers' own epoch checkpoints keep even that);
+* a zoo with more models reuses the first ones (their members and seeds do not depend on N);
+* the zoo of a defence reuses the dense zoo's halves and seeds: model ``i`` of every zoo trains
+  on row ``i`` of one membership matrix, initialised and shuffled with seed
+  :func:`~mcmia_helpers.zoo.membership.model_seed` ``(seed, i)``.
+
+Zoos by defence:
+
+``none``        the dense zoo, trained together on the grouped engine
+                (:func:`~mcmia_helpers.shadow.train_models_batched`);
+``dense-long``  dense model ``i`` trained on for as many more epochs as pruning takes after
+                it (``admm_epochs + retrain_epochs``, a fresh optimiser as in each pruning
+                phase), together on the grouped engine: "dense trained as long as the pruned
+                models", continuing the dense models rather than starting over;
+``prune``       dense model ``i`` pruned (ADMM, magnitude or iterative) and retrained on its own
+                members by the ``prune`` defence's trainer, one model at a time;
+other defences  (``minmax``, ``prune+minmax``, ``dp``) through their registered trainer on
+                model ``i``'s members and seed, one model at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+from mcmia_helpers.context import ExperimentSpec, TargetContext, arch_view
+from mcmia_helpers.data import DATASETS, MIASplit, load_dataset
+from mcmia_helpers.defences import (DEFENSES, PARAM_VALIDATORS, check_defense_name,
+                                    validate_defense_params)
+from mcmia_helpers.defences.pruning import train_pruned
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, notice, set_aside
+from mcmia_helpers.models import ARCHITECTURES, build_model
+from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
+from mcmia_helpers.shadow import (_train_group, grouped_net_for, predict_logits_many,
+                                  train_models_batched)
+from mcmia_helpers.training import (TrainConfig, cache_dir, check_finite_model, config_key, fit,
+                                    get_device)
+from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw_pool,
+                                          labelled_bundle, membership_matrix, model_seed)
+
+#: Bump when a change to zoo training makes cached zoo models wrong.
+ZOO_VERSION = 1
+#: Zoo-only defence: the dense models trained on for as long as pruning trains after them.
+DENSE_LONG = "dense-long"
+
+
+def zoo_defences() -> tuple[str, ...]:
+    """Every defence a zoo can have: the registered ones and ``dense-long``."""
+    return tuple(sorted(DEFENSES)) + (DENSE_LONG,)
+
+
+@dataclass
+class ZooSpec:
+    """What zoo to build: architecture, data (with stand-in), scale, defence, sizes, seed.
+
+    ``n_models``, ``pool`` and ``canaries`` default (``None``) to the scale's
+    :class:`~mcmia_helpers.scales.ZooScale`.
+    """
+
+    arch: str
+    dataset: str
+    scale: str = "ci"
+    defense: str = "none"
+    params: dict[str, Any] = field(default_factory=dict)
+    n_models: int | None = None
+    pool: int | None = None
+    canaries: int | None = None
+    seed: int = 0
+    standin: str | None = None
+
+    def validate(self) -> "ZooSpec":
+        """Check every name and parameter that needs no data (one-line UserError); returns self."""
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture '{self.arch}': choose one of {', '.join(ARCHITECTURES)}")
+        for name in (self.dataset, self.standin):
+            if name is not None and name not in DATASETS:
+                raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+        if self.scale not in SCALES:
+            raise UserError(f"unknown scale '{self.scale}': use --scale {', '.join(SCALES)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
+        if self.defense == DENSE_LONG:
+            if self.params:
+                raise UserError(f"--defense {DENSE_LONG} takes no parameters: drop "
+                                + ", ".join("--" + k.replace("_", "-") for k in self.params))
+        else:
+            if self.defense not in DEFENSES:
+                raise UserError(f"unknown defense '{self.defense}': choose one of {', '.join(zoo_defences())}")
+            check_defense_name(self.defense)
+            validate_defense_params(self.defense, self.params)
+        zoo_scale(self.scale, self.arch)  # the architecture has zoo sizes at this scale
+        check_zoo_sizes(self.models(), self.pool_size(), self.n_canaries(), 10**12, 0, 0, "")
+        return self
+
+    def sizes(self) -> ZooScale:
+        return zoo_scale(self.scale, self.arch)
+
+    def models(self) -> int:
+        return self.n_models if self.n_models is not None else self.sizes().models_for(self.defense)
+
+    def pool_size(self) -> int:
+        return self.pool if self.pool is not None else self.sizes().pool
+
+    def n_canaries(self) -> int:
+        return self.canaries if self.canaries is not None else self.sizes().canaries
+
+    def normalised_params(self) -> dict[str, Any]:
+        """The defence's parameters with its defaults filled in (one cache key however spelled)."""
+        validate = PARAM_VALIDATORS.get(self.defense)
+        if validate is None or self.defense == DENSE_LONG:
+            return dict(self.params)
+        out = validate(dict(self.params))
+        return {k: v for k, v in (out if isinstance(out, dict) else self.params).items()}
+
+
+@dataclass
+class ZooSetup:
+    """A prepared zoo: the spec, sizes, the labelled data, the pool, the membership matrix and
+    the base context (recipe, device) from which every model's context derives."""
+
+    spec: ZooSpec
+    sizes: ZooScale
+    ctx: TargetContext
+    zoo_pool: ZooPool
+    membership: torch.Tensor
+
+    @property
+    def n_models(self) -> int:
+        return int(self.membership.shape[0])
+
+    def seeds(self, n: int | None = None) -> list[int]:
+        return [model_seed(self.spec.seed, i) for i in range(n or self.n_models)]
+
+
+def prepare_zoo(spec: ZooSpec, *, progress: bool = False,
+                device: torch.device | None = None) -> ZooSetup:
+    """Validate ``spec``, load the data (naming a stand-in), draw pool, canaries and membership.
+
+    Everything a user can get wrong is reported here, as one line, before any training.
+    """
+    spec.validate()
+    sizes = spec.sizes()
+    arch_scale = get_scale(spec.scale).for_arch(spec.arch)
+    arch_scale = replace(arch_scale, epochs=sizes.epochs or arch_scale.epochs,
+                         width=sizes.width or arch_scale.width)
+    standin = spec.standin
+    bundle = load_dataset(spec.dataset, standin=standin)
+    bundle = arch_view(spec.arch, bundle)
+    check_zoo_sizes(spec.models(), spec.pool_size(), spec.n_canaries(), len(bundle), sizes.test,
+                    sizes.reference, bundle.name_used)
+    zoo_pool = draw_pool(bundle, spec.pool_size(), sizes.test, sizes.reference, spec.n_canaries(),
+                         spec.seed)
+    bundle = labelled_bundle(bundle, zoo_pool)
+    membership = membership_matrix(spec.models(), spec.pool_size(), spec.seed)
+    config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,
+                         optimizer=arch_scale.optimizer, lr=arch_scale.lr,
+                         weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
+                         seed=spec.seed)
+    exp = ExperimentSpec(arch=spec.arch, dataset=spec.dataset, defense="none", scale=spec.scale,
+                         seed=spec.seed, standin=standin, params={})
+    split = _split_for(zoo_pool, membership[0], spec.seed, bundle.name_used)
+    ctx = TargetContext(exp, arch_scale, bundle, split, config, device or get_device(), progress)
+    return ZooSetup(spec, sizes, ctx, zoo_pool, membership)
+
+
+def _split_for(zoo_pool: ZooPool, row: torch.Tensor, seed: int, dataset: str) -> MIASplit:
+    split = MIASplit(members=zoo_pool.pool[row], nonmembers=zoo_pool.pool[~row],
+                     shadow_pool=torch.empty(0, dtype=torch.long), reference=zoo_pool.reference,
+                     test=zoo_pool.test, seed=int(seed), dataset=dataset)
+    return split
+
+
+def model_context(setup: ZooSetup, i: int, defense: str, params: dict[str, Any]) -> TargetContext:
+    """The context of zoo model ``i`` with ``defense``: its members (row ``i``), its own seed,
+    and cache entries that name the zoo pool and its labels (canaries)."""
+    seed = model_seed(setup.spec.seed, i)
+    split = _split_for(setup.zoo_pool, setup.membership[i], setup.spec.seed,
+                       setup.ctx.bundle.name_used)
+    spec = replace(setup.ctx.spec, seed=seed, defense=defense, params=dict(params))
+    return replace(setup.ctx, spec=spec, split=split,
+                   train_config=replace(setup.ctx.train_config, seed=seed),
+                   cache_extra={"role": "zoo model", "zoo_version": ZOO_VERSION,
+                                "members_sha256": digest(split.members),
+                                **setup.zoo_pool.identity()})
+
+
+def model_key(setup: ZooSetup, i: int, defense: str, params: dict[str, Any]) -> str:
+    """The cache key of zoo model ``i`` of ``defense``: its whole recipe (see the module doc)."""
+    ctx = model_context(setup, i, defense, params)
+    blob = {"zoo_model": ctx.cache_config(), "num_classes": ctx.bundle.num_classes,
+            "dense_long_epochs": long_epochs(setup.ctx.train_config) if defense == DENSE_LONG else None}
+    return config_key(json.loads(json.dumps(blob, sort_keys=True, default=str)))
+
+
+def long_epochs(config: TrainConfig) -> int:
+    """How many epochs pruning trains after the dense model (``admm + retrain``, see
+    :func:`~mcmia_helpers.defences.pruning.train_pruned`): what ``dense-long`` adds."""
+    return 2 * max(1, config.epochs // 2)
+
+
+# --------------------------------------------------------------------------- the zoo
+
+
+@dataclass
+class Zoo:
+    """A trained zoo: per model its logits on the pool ``(N, P, K)``, test accuracy and seed.
+
+    ``membership`` is the ``(N, P)`` matrix the models trained on; ``labels`` the pool's labels
+    as trained (canaries carry their wrong label); ``canary`` marks the canaries; ``info`` says
+    how many models came from the cache and how many were trained now, and how long that took.
+    """
+
+    defense: str
+    params: dict[str, Any]
+    logits: torch.Tensor
+    membership: torch.Tensor
+    labels: torch.Tensor
+    canary: torch.Tensor
+    test_acc: list[float]
+    seeds: list[int]
+    keys: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    extras: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def n_models(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def label(self) -> str:
+        """``defense`` plus its parameters, e.g. ``prune(pruning=admm, sparsity=0.9)``."""
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()) if v is not None)
+        return f"{self.defense}({shown})" if shown else self.defense
+
+    def member_acc(self) -> list[float]:
+        """Each model's accuracy on its own members (pool labels as trained)."""
+        correct = self.logits.argmax(-1) == self.labels.unsqueeze(0)
+        m = self.membership
+        return [float(correct[i][m[i]].float().mean()) for i in range(self.n_models)]
+
+
+def _path(key: str):
+    return cache_dir() / "zoo" / f"{key}.pt"
+
+
+def _load_entry(key: str) -> dict | None:
+    path = _path(key)
+    if not path.exists():
+        return None
+    try:
+        blob, _ = load_verified(path)
+        for name in ("state_dict", "logits", "test_acc", "seed"):
+            blob[name]
+    except (DamagedFile, KeyError) as exc:
+        set_aside(path, str(exc), "training the zoo model again")
+        return None
+    return blob
+
+
+def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Module],
+                  seeds: Sequence[int], extra: dict[str, Any]) -> list[dict]:
+    """Logits of ``models`` on the pool and the test set (together on the grouped engine), then
+    one atomic file per model; returns the saved entries."""
+    for model in models:
+        check_finite_model(model)
+    models = [m.cpu().eval() for m in models]
+    logits, test_logits = _logits(setup, models)
+    test_labels = setup.ctx.bundle.labels[setup.zoo_pool.test]
+    folder = cache_dir() / "zoo"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the model cache {folder} ({exc.strerror}): set MCMIA_CACHE "
+                        "to a writable folder") from None
+    out = []
+    for key, model, seed, pool_logits, test in zip(keys, models, seeds, logits, test_logits):
+        blob = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "logits": pool_logits.float().clone(),
+                "test_acc": float((test.argmax(-1) == test_labels).float().mean()),
+                "seed": int(seed), "extra": json.dumps(extra, sort_keys=True, default=str)}
+        atomic_torch_save(blob, _path(key))
+        out.append(blob)
+    return out
+
+
+def _logits(setup: ZooSetup, models: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
+    bundle, device = setup.ctx.bundle, torch.device("cpu")
+    pool = predict_logits_many(list(models), bundle, setup.zoo_pool.pool, device=device)
+    test = predict_logits_many(list(models), bundle, setup.zoo_pool.test, device=device)
+    return pool, test
+
+
+def _builder(setup: ZooSetup, dp_compatible: bool = False) -> Callable[[], nn.Module]:
+    ctx = setup.ctx
+
+    def build() -> nn.Module:
+        return build_model(ctx.spec.arch, num_classes=ctx.bundle.num_classes,
+                           in_channels=ctx.bundle.in_channels, image_size=ctx.bundle.image_size,
+                           width=ctx.arch_scale.width, dp_compatible=dp_compatible)
+    return build
+
+
+def _model_from(setup: ZooSetup, blob: dict) -> nn.Module:
+    model = _builder(setup)()
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | None = None,
+              n_models: int | None = None, *, group_size: int = 16,
+              progress: bool = False) -> Zoo:
+    """The first ``n_models`` models of ``setup``'s zoo with ``defense``: cached ones loaded,
+    missing ones trained (dense and dense-long zoos together, ``group_size`` at a time; other
+    defences one at a time) and each saved as soon as it is done. See the module docstring."""
+    params = dict(params or {})
+    n = setup.n_models if n_models is None else int(n_models)
+    if not 1 <= n <= setup.n_models:
+        raise UserError(f"the zoo has {setup.n_models} models: ask for 1 to {setup.n_models}")
+    if defense != DENSE_LONG:
+        check_defense_name(defense)
+    started = time.perf_counter()
+    keys = [model_key(setup, i, defense, params) for i in range(n)]
+    entries: list[dict | None] = [_load_entry(k) for k in keys]
+    missing = [i for i, e in enumerate(entries) if e is None]
+    seeds = setup.seeds(n)
+    if missing:
+        if defense in ("none", DENSE_LONG):
+            _train_grouped(setup, defense, missing, keys, entries, group_size, progress)
+        else:
+            _train_one_by_one(setup, defense, params, missing, keys, entries, progress)
+    blobs = [e for e in entries if e is not None]
+    assert len(blobs) == n
+    zoo = Zoo(defense=defense, params=params,
+              logits=torch.stack([b["logits"] for b in blobs]),
+              membership=setup.membership[:n].clone(), labels=setup.zoo_pool.labels,
+              canary=setup.zoo_pool.canary, test_acc=[float(b["test_acc"]) for b in blobs],
+              seeds=seeds, keys=keys,
+              info={"cached": n - len(missing), "trained": len(missing),
+                    "seconds": round(time.perf_counter() - started, 3)},
+              extras=[json.loads(b.get("extra") or "{}") for b in blobs])
+    return zoo
+
+
+def dense_models(setup: ZooSetup, indices: Sequence[int], *, group_size: int = 16,
+                 progress: bool = False) -> list[nn.Module]:
+    """Dense zoo models ``indices`` as modules (trained first where missing)."""
+    n = max(indices) + 1
+    zoo = train_zoo(setup, "none", {}, n, group_size=group_size, progress=progress)
+    return [_model_from(setup, _load_entry(zoo.keys[i])) for i in indices]
+
+
+def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list[str],
+                   entries: list[dict | None], group_size: int, progress: bool) -> None:
+    ctx = setup.ctx
+    pool = setup.zoo_pool.pool
+    for start in range(0, len(missing), max(1, group_size)):
+        group = missing[start:start + max(1, group_size)]
+        index_sets = [pool[setup.membership[i]] for i in group]
+        seeds = [model_seed(setup.spec.seed, i) for i in group]
+        if defense == "none":
+            models = train_models_batched(_builder(setup), len(group), ctx.bundle, index_sets,
+                                          ctx.train_config, seeds, device=ctx.device,
+                                          progress=progress, max_group=len(group))
+            extra: dict[str, Any] = {"epochs": ctx.train_config.epochs}
+        else:
+            models = dense_models(setup, group, group_size=group_size, progress=progress)
+            config = replace(ctx.train_config, epochs=long_epochs(ctx.train_config))
+            continue_training(models, ctx.bundle, index_sets, config, seeds, ctx.device, progress)
+            extra = {"epochs": ctx.train_config.epochs + config.epochs,
+                     "continued_epochs": config.epochs}
+        saved = _save_entries(setup, [keys[i] for i in group], models, seeds, extra)
+        for i, blob in zip(group, saved):
+            entries[i] = blob
+
+
+def continue_training(models: list[nn.Module], bundle, index_sets: list[torch.Tensor],
+                      config: TrainConfig, seeds: list[int], device: torch.device,
+                      progress: bool = False) -> None:
+    """Train already-trained ``models`` on for ``config.epochs`` (fresh optimiser, model ``i``
+    with ``replace(config, seed=seeds[i])``), together on the grouped engine when supported
+    and the index sets have equal sizes, else one by one with :func:`~mcmia_helpers.training.fit`
+    (the same computation)."""
+    net = grouped_net_for(models[0], bundle)
+    same_size = len({len(idx) for idx in index_sets}) == 1
+    if net is None or not same_size:
+        for model, idx, seed in zip(models, index_sets, seeds):
+            fit(model, bundle, idx, replace(config, seed=int(seed)), device=device, progress=progress)
+        return
+    for model in models:
+        model.to(device)
+    _train_group(net, models, bundle, [torch.as_tensor(i) for i in index_sets], config,
+                 [int(s) for s in seeds], device, progress)
+
+
+def _train_one_by_one(setup: ZooSetup, defense: str, params: dict[str, Any], missing: list[int],
+                      keys: list[str], entries: list[dict | None], progress: bool) -> None:
+    for i in missing:
+        ctx = model_context(setup, i, defense, params)
+        ctx = replace(ctx, progress=progress)
+        if defense == "prune":
+            (parent,) = dense_models(setup, [i], progress=progress)
+            model, extra = train_pruned(ctx, dense=lambda parent=parent: (parent, {"cached": True}))
+        else:
+            model, extra = DEFENSES[defense](ctx)
+        extra = {k: v for k, v in extra.items() if k != "history"}
+        (entries[i],) = _save_entries(setup, [keys[i]], [model], [ctx.train_config.seed], extra)
+        if progress:
+            notice(f"zoo model {i + 1} of {len(keys)} ({defense}) saved")

@@ -1,0 +1,243 @@
+"""Model zoos (issue 16): membership, resume, leave-one-out bookkeeping, leakage, canaries, CLI.
+
+One ci zoo (8 LeNet-5 models on a 1,000-example pool with 100 canaries) is trained once per
+module, in a private cache, by a run that is killed after its first group of models and then
+resumed; every test reads that zoo (and a 4-model pruned zoo built on its first models).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mcmia_helpers import cli, metrics
+from mcmia_helpers.errors import UserError
+from mcmia_helpers.zoo import (ZooSpec, attack_zoo, membership_matrix, prepare_zoo,
+                               random_membership, run_zoo, train_zoo, zoo_metrics)
+from mcmia_helpers.zoo import train as zoo_train
+from mcmia_helpers.zoo.evaluate import example_exposure, paired_difference
+
+ATTACKS = "lira_online,lira_offline,loss"
+PRUNE = {"pruning": "magnitude", "sparsity": 0.9}
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """The ci dense zoo: a first run killed while training its second group of 4 models, then
+    ``run_zoo`` (which resumes it), then the 4-model magnitude-pruned zoo on the same halves."""
+    cache = tmp_path_factory.mktemp("zoo-cache")
+    out = tmp_path_factory.mktemp("zoo-out")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MCMIA_CACHE", str(cache))
+        spec = ZooSpec("lenet5", "fashion-mnist", scale="ci")
+        setup = prepare_zoo(spec)
+        real, calls = zoo_train.train_models_batched, []
+
+        def killed_in_second_group(*args, **kwargs):
+            calls.append(len(args[3]))
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # as a Ctrl-C while the second group trains
+            return real(*args, **kwargs)
+
+        mp.setattr(zoo_train, "train_models_batched", killed_in_second_group)
+        with pytest.raises(KeyboardInterrupt):
+            train_zoo(setup, "none", {}, group_size=4)
+        mp.setattr(zoo_train, "train_models_batched", real)
+        after_kill = {p.name: p.stat().st_mtime_ns for p in (cache / "zoo").glob("*.pt")}
+        record = run_zoo(spec, ATTACKS + ",lira_online_aware", group_size=4, setup=setup,
+                         save_scores=out / "dense.npz")
+        dense = train_zoo(setup, "none", {})
+        pruned_spec = ZooSpec("lenet5", "fashion-mnist", scale="ci", defense="prune",
+                              params=dict(PRUNE), n_models=4)
+        pruned_setup = prepare_zoo(pruned_spec)
+        pruned_record = run_zoo(pruned_spec, "lira_online,lira_online_aware,loss",
+                                setup=pruned_setup)
+        pruned = train_zoo(pruned_setup, "prune", pruned_spec.normalised_params())
+        yield SimpleNamespace(cache=cache, out=out, spec=spec, setup=setup, calls=calls,
+                              after_kill=after_kill, record=record, dense=dense,
+                              pruned_setup=pruned_setup, pruned_record=pruned_record,
+                              pruned=pruned, pruned_spec=pruned_spec)
+
+
+# --------------------------------------------------------------------------- membership
+
+
+def test_membership_matrix_halves_and_prefix() -> None:
+    m = membership_matrix(8, 1000, seed=3)
+    assert m.shape == (8, 1000) and m.dtype == torch.bool
+    assert (m.sum(1) == 500).all() and (m.sum(0) == 4).all()
+    assert (m[0::2] ^ m[1::2]).all()  # complementary pairs
+    assert torch.equal(membership_matrix(4, 1000, seed=3), m[:4])  # a smaller zoo = first rows
+    assert not torch.equal(membership_matrix(8, 1000, seed=4), m)
+
+
+def test_pool_is_disjoint_and_canaries_are_mislabelled(zoo_run) -> None:
+    zp, bundle = zoo_run.setup.zoo_pool, zoo_run.setup.ctx.bundle
+    parts = [set(zp.pool.tolist()), set(zp.test.tolist()), set(zp.reference.tolist())]
+    assert sum(map(len, parts)) == len(set().union(*parts)) == 1000 + 500 + 250
+    from mcmia_helpers.data import load_dataset
+
+    true = load_dataset("fashion-mnist").labels[zp.pool]
+    assert int(zp.canary.sum()) == 100
+    assert (zp.labels[zp.canary] != true[zp.canary]).all()
+    assert torch.equal(zp.labels[~zp.canary], true[~zp.canary])
+    assert torch.equal(bundle.labels[zp.pool], zp.labels)  # the models train on the canary labels
+
+
+def test_defended_zoo_reuses_the_dense_halves_and_seeds(zoo_run) -> None:
+    pruned, dense = zoo_run.pruned, zoo_run.dense
+    assert torch.equal(pruned.membership, dense.membership[:4])
+    assert pruned.seeds == dense.seeds[:4]
+    assert zoo_run.pruned_record["training"]["dense"] == {**zoo_run.pruned_record["training"]["dense"],
+                                                          "cached": 4, "trained": 0}
+    sparsity = [e["sparsity_achieved"] for e in pruned.extras]
+    assert all(abs(s - 0.9) < 0.01 for s in sparsity)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_killed_zoo_resumes_training_only_the_missing_models(zoo_run) -> None:
+    assert zoo_run.calls == [4, 4]  # the first group finished, the second was killed
+    assert len(zoo_run.after_kill) == 4
+    assert zoo_run.record["training"]["zoo"] | {"seconds": 0} == {"cached": 4, "trained": 4, "seconds": 0}
+    now = {p.name: p.stat().st_mtime_ns for p in (zoo_run.cache / "zoo").glob("*.pt")}
+    assert all(now[name] == mtime for name, mtime in zoo_run.after_kill.items())  # never rewritten
+    assert len(now) == 8 + 4  # 8 dense, 4 pruned
+
+
+def test_a_cached_zoo_is_not_trained_again(zoo_run) -> None:
+    again = train_zoo(zoo_run.setup, "none", {})
+    assert again.info["trained"] == 0 and again.info["cached"] == 8
+    assert torch.equal(again.logits, zoo_run.dense.logits)
+
+
+# --------------------------------------------------------------------------- leave-one-out
+
+
+def test_leave_one_out_never_uses_model_i_of_any_zoo(zoo_run) -> None:
+    dense, pruned = zoo_run.dense, zoo_run.pruned
+    cases = [attack_zoo("lira_online", pruned, dense), attack_zoo("lira_online_aware", pruned, pruned),
+             attack_zoo("loss", dense, dense)]
+    for zs in cases:
+        assert len(zs.shadows) == len(zs.scores)
+        for i, used in enumerate(zs.shadows):
+            assert used, "a target without shadow models"
+            assert all(j != i for _, j in used), f"{zs.attack}: target {i} used model {i}"
+            assert all(j != i ^ 1 for _, j in used), f"{zs.attack}: target {i} used its partner"
+    for name, entry in zoo_run.pruned_record["attacks"].items():
+        for i, used in enumerate(entry["shadow_models"]):
+            assert i not in used and i ^ 1 not in used and len(used) == 2, name
+    assert zoo_run.pruned_record["attacks"]["lira_online"]["shadow_zoo"] == "none"
+    assert zoo_run.pruned_record["attacks"]["lira_online_aware"]["shadow_zoo"].startswith("prune(")
+
+
+# --------------------------------------------------------------------------- leakage
+
+
+def test_overfit_zoo_leaks_and_random_membership_does_not(zoo_run) -> None:
+    pooled = zoo_run.record["attacks"]["lira_online"]["all"]["pooled"]
+    assert pooled["auc"] > 0.58 and pooled["ci95"]["auc"][0] > 0.55
+    dense = zoo_run.dense
+    fake = replace(dense, membership=random_membership(dense.membership, seed=1))
+    assert (fake.membership.sum(0) == 4).all() and not torch.equal(fake.membership, dense.membership)
+    control = zoo_metrics(attack_zoo("lira_online", fake, fake), "all", n_bootstrap=200)
+    low, high = control["pooled"]["ci95"]["auc"]
+    assert low < 0.5 < high and abs(control["pooled"]["auc"] - 0.5) < 0.03
+
+
+def test_canaries_leak_more_than_ordinary_examples(zoo_run) -> None:
+    lira = zoo_run.record["attacks"]["lira_online"]
+    canaries, ordinary = lira["canaries"]["pooled"], lira["ordinary"]["pooled"]
+    assert canaries["ci95"]["tpr_at_1pct_fpr"][0] > ordinary["tpr_at_1pct_fpr"]
+    assert canaries["auc"] > ordinary["auc"]
+    assert lira["canaries"]["n_pooled_nonmembers"] == 8 * 100 // 2
+    assert lira["ordinary"]["n_pooled_nonmembers"] == 8 * 900 // 2
+
+
+def test_pooled_and_per_target_metrics_match_the_saved_scores(zoo_run) -> None:
+    saved = np.load(zoo_run.out / "dense.npz")
+    m = saved["membership"]
+    assert m.shape == (8, 1000) and (m.sum(1) == 500).all()
+    for name in ("lira_online", "loss"):
+        s = saved[f"score_{name}"]
+        entry = zoo_run.record["attacks"][name]["all"]
+        assert entry["pooled"]["auc"] == pytest.approx(metrics.auc(m.ravel(), s.ravel()), abs=1e-12)
+        assert entry["per_target"]["auc"] == pytest.approx([metrics.auc(m[i], s[i]) for i in range(8)],
+                                                           abs=1e-12)
+        tpr = metrics.tpr_at_fpr(m.ravel(), s.ravel(), 0.01)
+        assert entry["pooled"]["tpr_at_1pct_fpr"] == pytest.approx(tpr, abs=1e-12)
+        mean = entry["mean_over_targets"]["auc"]
+        assert mean["low"] <= mean["mean"] <= mean["high"]
+        assert mean["mean"] == pytest.approx(np.mean(entry["per_target"]["auc"]))
+    assert np.array_equal(saved["pool_indices"], zoo_run.setup.zoo_pool.pool.numpy())
+    exposure = example_exposure(attack_zoo("lira_online", zoo_run.dense, zoo_run.dense))
+    assert np.allclose(exposure["auc"], saved["exposure_auc_lira_online"])
+    canary = saved["canary"]
+    assert exposure["auc"][canary].mean() > exposure["auc"][~canary].mean()
+
+
+def test_paired_difference_is_the_difference_of_the_pooled_metrics(zoo_run) -> None:
+    dense, pruned = zoo_run.dense, zoo_run.pruned
+    dense4 = replace(dense, logits=dense.logits[:4], membership=dense.membership[:4])
+    a = attack_zoo("lira_online", pruned, dense4)  # as the 4-model pruned run did
+    b = attack_zoo("lira_online", dense4, dense4)
+    diff = paired_difference(a, b, "all", n_bootstrap=100)
+    pa, pb = zoo_metrics(a, "all", n_bootstrap=0), zoo_metrics(b, "all", n_bootstrap=0)
+    assert diff["auc"]["pooled"] == pytest.approx(pa["pooled"]["auc"] - pb["pooled"]["auc"], abs=1e-12)
+    low, high = diff["auc"]["pooled_ci95"]
+    assert low <= diff["auc"]["pooled"] <= high
+    recorded = zoo_run.pruned_record["paired_vs_dense"]["lira_online"]["all"]["auc"]["pooled"]
+    assert recorded == pytest.approx(diff["auc"]["pooled"], abs=1e-12)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_loads_the_cached_zoo_and_writes_record_and_scores(zoo_run, tmp_path, monkeypatch,
+                                                               capsys) -> None:
+    monkeypatch.setenv("MCMIA_CACHE", str(zoo_run.cache))
+    out, npz = tmp_path / "z.json", tmp_path / "z.npz"
+    rc = cli.main(["zoo", "--arch", "lenet5", "--dataset", "fashion-mnist", "--scale", "ci",
+                   "--attacks", "lira_offline,entropy", "--out", str(out), "--save-scores", str(npz)])
+    assert rc == 0, capsys.readouterr().err
+    record = json.loads(out.read_text())
+    assert record["training"]["zoo"]["trained"] == 0
+    assert (record["models"], record["pool"], record["canaries"], record["members_per_model"]) == (8, 1000, 100, 500)
+    assert record["pooled_nonmembers"] == 4000 and record["dataset_used"] == "fashion-mnist"
+    assert len(record["utility"]["test_acc"]) == 8 and record["utility"]["test_acc_mean"] > 0.5
+    saved = np.load(npz)
+    auc = metrics.auc(saved["membership"].ravel(), saved["score_lira_offline"].ravel())
+    assert record["attacks"]["lira_offline"]["all"]["pooled"]["auc"] == pytest.approx(auc, abs=1e-12)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--models", "2"], "--models 2"),
+    (["--models", "7"], "--models 7"),
+    (["--pool", "999"], "--pool 999"),
+    (["--pool", "100000"], "use --pool"),
+    (["--attacks", "lira_online,bogus"], "bogus"),
+    (["--defense", "bogus"], "bogus"),
+    (["--defense", "dense-long", "--sparsity", "0.5"], "--sparsity"),
+    (["--defense", "prune", "--sparsity", "1.5"], "sparsity"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2_before_training(args, words, tmp_path, monkeypatch,
+                                                              capsys) -> None:
+    monkeypatch.setenv("MCMIA_CACHE", str(tmp_path / "cache"))
+    rc = cli.main(["zoo", "--arch", "lenet5", "--dataset", "fashion-mnist", "--scale", "ci", *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "cache" / "zoo").exists()  # nothing trained
+
+
+def test_zoo_spec_rejects_bad_sizes_without_data() -> None:
+    with pytest.raises(UserError, match="even number >= 4"):
+        ZooSpec("lenet5", "fashion-mnist", n_models=5).validate()
+    with pytest.raises(UserError, match="canaries"):
+        ZooSpec("lenet5", "fashion-mnist", pool=100, canaries=100).validate()
