@@ -52,8 +52,10 @@ test: data
 notebooks: data
 	MCMIA_SCALE=book $(PY) tools/execute_notebooks.py book/*.ipynb
 
+# Timing claims (not in the tests: they depend on the machine and its load).
 benchmark: data
 	$(PY) benchmarks/shadow_training.py
+	$(PY) benchmarks/timing_claims.py
 
 # The package's layers (import-linter) and the notebooks' code formatting (ruff, 88 columns).
 lint: setup

@@ -119,7 +119,10 @@ def test_sparse_file_errors(tmp_path) -> None:
         C.save_sparse(_pruned_lenet(0.5), tmp_path / "x.npz", value_dtype="int8")
 
 
-def test_filter_pruning_is_faster_on_cpu_side_by_side() -> None:
+def test_filter_pruning_cuts_macs_and_latency_is_measured() -> None:
+    """Behaviour only: 75% of the filters removed gives a network with >10x fewer MACs and the
+    same input/output shapes; latency is measured (a positive median per model, side by side).
+    How much faster the pruned network runs is a timing claim: benchmarks/timing_claims.py."""
     from mcmia_helpers.defences.pruning import prune_filters_vgg
 
     torch.manual_seed(0)
@@ -127,10 +130,12 @@ def test_filter_pruning_is_faster_on_cpu_side_by_side() -> None:
     narrow = prune_filters_vgg(dense, 0.75)  # 16x fewer MACs
     assert C.compression_report(narrow, (3, 32, 32))["flops_dense"] < \
         C.compression_report(dense, (3, 32, 32))["flops_dense"] / 10
-    latency = C.compare_latency({"dense": dense, "pruned": narrow}, torch.randn(16, 3, 32, 32),
-                                repeats=5, warmup=1)
-    # measured ~4.8x faster with 1 thread; interleaved medians make 1.5x safe on a busy machine
-    assert latency["pruned"] * 1.5 < latency["dense"]
-    assert C.measure_latency(narrow, torch.randn(2, 3, 32, 32), repeats=3) > 0
+    x = torch.randn(2, 3, 32, 32)
+    assert narrow.eval()(x).shape == dense.eval()(x).shape == (2, 10)
+    latency = C.compare_latency({"dense": dense, "pruned": narrow}, x, repeats=2, warmup=1)
+    assert set(latency) == {"dense", "pruned"} and all(t > 0 for t in latency.values())
+    assert C.measure_latency(narrow, x, repeats=3) > 0
     with pytest.raises(UserError):
-        C.measure_latency(narrow, torch.randn(2, 3, 32, 32), repeats=0)
+        C.measure_latency(narrow, x, repeats=0)
+    with pytest.raises(UserError):
+        C.compare_latency({"pruned": narrow}, x, repeats=0)

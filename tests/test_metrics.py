@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -119,11 +118,33 @@ def test_record_layout() -> None:
     for key in METRIC_KEYS:
         assert 0.0 <= record[key] <= 1.0
         lo, hi = record["ci95"][key]
-        assert lo <= hi
+        assert lo <= record[key] <= hi and lo < hi, key  # around the estimate, not a point
     assert record["n_members"] == 300 and record["n_nonmembers"] == 200
     assert record == attack_metrics(labels, scores, n_bootstrap=50, seed=1)  # seeded
     table = metrics_table({"a": record, "b": record})
     assert list(table.index) == ["a", "b"] and "auc_ci95" in table.columns
+
+
+def test_auc_interval_matches_a_plain_stratified_bootstrap() -> None:
+    """The 95% AUC interval against a direct reference: 2000 resamples of the members and of the
+    non-members (with replacement, each group keeping its size), the AUC as the Mann-Whitney
+    statistic (average ranks for ties), the 2.5 and 97.5 percentiles. Monte Carlo error of the
+    two at these sizes: about 0.005."""
+    from scipy.stats import rankdata
+
+    def mann_whitney_auc(p: np.ndarray, n: np.ndarray) -> float:
+        ranks = rankdata(np.r_[p, n])
+        return (ranks[:len(p)].sum() - len(p) * (len(p) + 1) / 2) / (len(p) * len(n))
+
+    labels, scores = _sample(2)
+    lo, hi = attack_metrics(labels, scores, n_bootstrap=400, seed=1)["ci95"]["auc"]
+    rng = np.random.default_rng(0)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    assert mann_whitney_auc(pos, neg) == pytest.approx(auc(labels, scores))
+    reference = [mann_whitney_auc(rng.choice(pos, len(pos)), rng.choice(neg, len(neg)))
+                 for _ in range(2000)]
+    ref_lo, ref_hi = np.percentile(reference, [2.5, 97.5])
+    assert abs(lo - ref_lo) < 0.015 and abs(hi - ref_hi) < 0.015, ((lo, hi), (ref_lo, ref_hi))
 
 
 def test_null_auc_interval_contains_half() -> None:
@@ -155,13 +176,6 @@ def test_bootstrap_is_stratified() -> None:
     weights = _stratified_weights(labels, 30, np.random.default_rng(0))
     np.testing.assert_array_equal(weights[:, labels == 1].sum(1), 7)
     np.testing.assert_array_equal(weights[:, labels == 0].sum(1), 13)
-
-
-def test_bootstrap_is_fast() -> None:
-    labels, scores = _sample(0, n_pos=5000, n_neg=5000, decimals=None)
-    start = time.process_time()
-    attack_metrics(labels, scores, n_bootstrap=200)
-    assert time.process_time() - start < 2.0
 
 
 @pytest.mark.parametrize("seed,decimals", [(0, None), (1, 1), (2, 0)])
