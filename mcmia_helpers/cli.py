@@ -6,7 +6,7 @@ output that is a folder or a device, an unwritable ``--out``, ``MCMIA_CACHE`` or
 a grid file that does not match the schema, a dataset missing offline) ends with one line on
 stderr and exit status 2, never a traceback, and is caught before data is loaded or a model
 trained (:mod:`mcmia_helpers.validation`). ``--dry-run`` stops right after these checks.
-Defence parameters are made canonical (:func:`mcmia_helpers.grid.canonical_params`), so every
+Defence parameters are made canonical (:func:`mcmia_helpers.defences.registry.canonical_params`), so every
 spelling of one experiment shares one cell id, one record and one cached model. Results are
 written atomically: an interrupted run leaves no half record.
 """
@@ -25,8 +25,9 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import check_output_path
 from mcmia_helpers.models import ARCHITECTURES
 from mcmia_helpers.scales import SCALES
+from mcmia_helpers.defences.registry import canonical_params, check_params
 from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, SEED_LIMIT, check_environment,
-                                      check_params, check_seed)
+                                      check_seed)
 
 EXIT_USER_ERROR = 2
 
@@ -185,7 +186,6 @@ def _run(args: argparse.Namespace) -> int:
     all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
     params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
     check_params(params)  # finite and in bounds, naming the flag
-    from mcmia_helpers.grid import canonical_params
 
     params = canonical_params(args.defense, params)  # one spelling: --epsilon 4 = no --epsilon
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else None

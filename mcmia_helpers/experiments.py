@@ -22,7 +22,8 @@ import torch.nn as nn
 from mcmia_helpers.attacks import run_attacks, validate_attack_names
 from mcmia_helpers.context import ExperimentSpec, TargetContext, prepare
 from mcmia_helpers.data import MIASplit
-from mcmia_helpers.defences import DEFENSES, check_defense_name, validate_defense_params
+from mcmia_helpers.defences import DEFENSES
+from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import count_parameters
 from mcmia_helpers.training import predict_logits
@@ -31,11 +32,12 @@ from mcmia_helpers.version import __version__
 
 def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     """Check ``spec`` whole (one-line UserError): architecture, seed and scale, then the defence
-    and its parameters against :mod:`mcmia_helpers.defences`, and the attack names (normalised
-    to a tuple in place). Returns ``spec``."""
+    and its parameters against :mod:`mcmia_helpers.defences`, and the attack names. In place,
+    the parameters become canonical (:func:`~mcmia_helpers.defences.registry.canonical_params`:
+    defaults filled in, numbers typed, so every spelling is one cache key and one record) and
+    the attack names a tuple. Returns ``spec``."""
     spec.validate()
-    check_defense_name(spec.defense)
-    validate_defense_params(spec.defense, spec.params)
+    spec.params = canonical_params(spec.defense, spec.params)
     if spec.attacks is not None:
         spec.attacks = validate_attack_names(spec.attacks)
     return spec

@@ -37,7 +37,8 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec
 from mcmia_helpers.experiments import run_experiment, validate_spec
 from mcmia_helpers.io import append_jsonl, read_jsonl
-from mcmia_helpers.validation import check_params, check_seed, load_grid_text
+from mcmia_helpers.defences.registry import canonical_params
+from mcmia_helpers.validation import check_seed, load_grid_text
 
 #: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -74,62 +75,6 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as exc:
         raise UserError(f"cannot read grid config {path} ({exc.strerror}): check the path") from None
     return load_grid_text(data, str(path))
-
-
-def canonical_params(defense: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The one spelling of a defence's parameters: checked, defaults filled in, numbers typed.
-
-    ``--epsilon 4``, a grid's ``epsilon: 4`` and no epsilon at all are the same experiment; this
-    function makes them the same value (``{"epsilon": 4.0, "max_grad_norm": 1.0}``) before they
-    enter a cell id, a record or (as :attr:`ExperimentSpec.params`) a cache key. The command line
-    and the grid both call it. Values come from the defence's own validator in
-    :mod:`mcmia_helpers.defences.registry` (which fills in defaults and casts numbers); a
-    combined defence whose validator only checks is filled in by the validators of the
-    registered defences whose parameters make up its own (``prune+minmax`` = ``prune`` +
-    ``minmax``). ``None`` values mean "derived later" (DP's ``delta``) and are left out.
-    Bad names or values are one-line :class:`UserError` messages.
-    """
-    from mcmia_helpers.defences.registry import (DEFENSE_PARAMS, check_defense_name,
-                                                 validate_defense_params)
-
-    check_defense_name(defense)
-    given = {k: v for k, v in params.items() if v is not None}
-    check_params(given)
-    validate_defense_params(defense, given)
-    filled = _filled_params(defense, given)
-    allowed = DEFENSE_PARAMS.get(defense, ())
-    return {k: filled[k] for k in sorted(filled) if k in allowed and filled[k] is not None}
-
-
-def _filled_params(defense: str, given: dict[str, Any]) -> dict[str, Any]:
-    """``given`` with the defence's defaults, from its validator (or its parts' validators)."""
-    from mcmia_helpers.defences.registry import DEFENSE_PARAMS, PARAM_VALIDATORS
-
-    def run(name: str, values: dict[str, Any]) -> dict[str, Any] | None:
-        if name not in PARAM_VALIDATORS:
-            return None
-        out = PARAM_VALIDATORS[name](dict(values))
-        if isinstance(out, Mapping):
-            return dict(out)
-        if isinstance(out, tuple) and out and all(isinstance(o, Mapping) for o in out):
-            return {k: v for part in out for k, v in part.items()}
-        return None
-
-    own = set(DEFENSE_PARAMS.get(defense, ()))
-    if not own:
-        return {}
-    filled = run(defense, given)
-    if filled is not None:
-        return filled
-    merged: dict[str, Any] = {}
-    covered: set[str] = set()
-    for name, names in DEFENSE_PARAMS.items():
-        if name != defense and names and set(names) <= own:
-            part = run(name, {k: v for k, v in given.items() if k in names})
-            if part is not None:
-                merged.update({k: v for k, v in part.items() if k in names})
-                covered |= set(names)
-    return merged if covered == own else dict(given)  # no validator to fill in: as given
 
 
 def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[str, Any],

@@ -6,9 +6,11 @@ problem and the fix, and runs before any long work starts:
 * seeds: integers in ``[0, SEED_LIMIT)`` (``2**31``). Seeds derived from them (a shadow model's
   ``seed * 100_000 + role``, an epoch's ``seed * 100_003 + epoch``) are reduced into torch's
   range by :func:`~mcmia_helpers.training.epoch_seed`, so no valid seed overflows;
-* defence parameters: finite numbers within the bounds of :data:`PARAM_SCHEMAS` (e.g.
+* defence parameters: finite numbers within the bounds of
+  :data:`~mcmia_helpers.defences.registry.PARAM_SCHEMAS` (e.g.
   ``0 <= lam <= 1000``, ``0 < max_grad_norm <= 1000``), the same bounds for ``--lam`` on the
-  command line and ``lam:`` in a grid; the defence's own validator then checks the rest;
+  command line, ``lam:`` in a grid and a notebook's spec; the defence's own validator then
+  checks the rest;
 * devices: :func:`~mcmia_helpers.training.check_device` (what torch reports on this machine);
 * output paths and folders: :func:`~mcmia_helpers.io.check_output_path`,
   :func:`~mcmia_helpers.io.check_writable_dir`;
@@ -22,11 +24,12 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from mcmia_helpers.attacks import ATTACKS
 from mcmia_helpers.data import DATASETS, data_root
 from mcmia_helpers.defences import DEFENSE_PARAMS
+from mcmia_helpers.defences.registry import ANY_PARAM_SCHEMA, PARAM_SCHEMAS
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import check_writable_dir
 from mcmia_helpers.models import ARCHITECTURES
@@ -37,20 +40,6 @@ from mcmia_helpers.training import cache_dir, check_device
 SEED_LIMIT = 2**31
 
 _NUMBER = {"type": "number"}
-
-#: JSON schema of each known defence parameter's value (the bounds are inclusive unless named
-#: exclusive). The command line and the grid files are checked against the same schemas.
-PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
-    "pruning": {"type": "string"},
-    "sparsity": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-    "sparsity_spec": {"type": "string", "minLength": 1},
-    "lam": {"type": "number", "minimum": 0, "maximum": 1000},
-    "k_steps": {"type": "integer", "minimum": 1, "maximum": 100},
-    "epsilon": {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6},
-    "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-    "max_grad_norm": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
-}
-_ANY_PARAM = {"type": ["number", "string"]}
 
 #: Bounds of the ImageNet options (``--imagenet-size``, ``--imagenet-classes``).
 IMAGENET_SIZE = (8, 1024)
@@ -72,37 +61,6 @@ def check_seed(value: Any, where: str = "--seed") -> int:
     if value >= SEED_LIMIT:
         raise UserError(f"{where} {value} is too large: use a seed in [0, 2**31) = [0, {SEED_LIMIT})")
     return int(value)
-
-
-def _describe_bounds(schema: Mapping[str, Any]) -> str:
-    low = (f"> {schema['exclusiveMinimum']:g}" if "exclusiveMinimum" in schema
-           else f">= {schema['minimum']:g}" if "minimum" in schema else "")
-    high = (f"< {schema['exclusiveMaximum']:g}" if "exclusiveMaximum" in schema
-            else f"<= {schema['maximum']:g}" if "maximum" in schema else "")
-    kind = "an integer" if schema.get("type") == "integer" else "a finite number"
-    return f"{kind} {' and '.join(b for b in (low, high) if b)}".strip()
-
-
-def check_param_value(name: str, value: Any) -> None:
-    """Check one defence parameter against :data:`PARAM_SCHEMAS` (NaN and infinities are never
-    accepted): a one-line :class:`UserError` that names the flag and the allowed range."""
-    import jsonschema
-
-    schema = PARAM_SCHEMAS.get(name, _ANY_PARAM)
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UserError(f"{flag} {value} is not finite: use {_describe_bounds(schema)}")
-    if isinstance(value, bool) or not jsonschema.Draft202012Validator(schema).is_valid(value):
-        if schema.get("type") in ("number", "integer"):
-            raise UserError(f"{flag} {value!r} is out of range: use {_describe_bounds(schema)}")
-        raise UserError(f"{flag} {value!r} is not valid: use a {schema['type']}")
-
-
-def check_params(params: Mapping[str, Any]) -> None:
-    """:func:`check_param_value` for every given (not ``None``) parameter."""
-    for name, value in params.items():
-        if value is not None:
-            check_param_value(name, value)
 
 
 def check_environment(command: str) -> None:
@@ -136,7 +94,7 @@ def grid_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["defense"],
         "properties": {"defense": {"enum": sorted(defences)},
-                       **{p: values(PARAM_SCHEMAS.get(p, _ANY_PARAM)) for p in param_names}},
+                       **{p: values(PARAM_SCHEMAS.get(p, ANY_PARAM_SCHEMA)) for p in param_names}},
         "additionalProperties": False,
         "allOf": [{"if": {"properties": {"defense": {"const": name}}},
                    "then": {"propertyNames": {"enum": ["defense", *params]}}}

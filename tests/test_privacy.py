@@ -320,7 +320,7 @@ def test_dp_defence_records_privacy_and_caches_it(monkeypatch) -> None:
     monkeypatch.setitem(registry.DEFENSES, "dp", train_dp_target)
     monkeypatch.setitem(registry.DEFENSE_PARAMS, "dp", ("epsilon", "delta", "max_grad_norm"))
     monkeypatch.setitem(registry.PARAM_VALIDATORS, "dp", validate_dp_params)
-    with pytest.raises(UserError, match="epsilon -2 must be > 0: use e.g. --epsilon 4"):
+    with pytest.raises(UserError, match=r"--epsilon -2.0 is out of range: use a finite number > 0"):
         experiments.validate_spec(context.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
                                                          params={"epsilon": -2.0}))
     spec = context.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
@@ -333,3 +333,25 @@ def test_dp_defence_records_privacy_and_caches_it(monkeypatch) -> None:
     assert 1.99 <= first["epsilon"] <= 2.0 and first["delta"] == 1e-4
     assert first["train_config"]["optimizer"] == "sgd"
     assert first["train_config"]["batch_size"] == dp_train_config(TrainConfig()).batch_size
+
+
+def test_dp_models_cached_under_an_older_spelling_are_found(monkeypatch, tmp_path) -> None:
+    """DP models are keyed on canonical parameters; one cached under the raw spelling that
+    earlier versions used (``{"epsilon": 2}``) is found, not trained again."""
+    import mcmia_helpers.defences.dp as dp_module
+
+    tiny = Scale("ci", {"lenet5": ArchScale(n_members=64, epochs=2, width=0.5)})
+    monkeypatch.setattr(context, "get_scale", lambda name=None: tiny)
+    monkeypatch.setenv("MCMIA_CACHE", str(tmp_path))
+    ctx = context.prepare(context.ExperimentSpec("lenet5", "fashion-mnist", defense="dp",
+                                                 params={"epsilon": 2}))
+    with monkeypatch.context() as old_code:  # the key as it was: the raw parameters
+        old_code.setattr(dp_module, "canonical_params", lambda defense, params: dict(params))
+        old_model, old = train_dp_target(ctx)
+    assert old["cached"] is False
+    model, info = train_dp_target(ctx)
+    assert info["cached"] is True
+    assert all(torch.equal(a, b) for a, b in zip(old_model.state_dict().values(),
+                                                 model.state_dict().values()))
+    respelled = replace(ctx, spec=replace(ctx.spec, params={"epsilon": 2.0, "max_grad_norm": 1.0}))
+    assert train_dp_target(respelled)[1]["cached"] is True

@@ -21,9 +21,10 @@ MINMAX_PARAMS = ("lam", "k_steps")
 DP_PARAMS = ("epsilon", "delta", "max_grad_norm")
 
 
-def _validate_prune_minmax(params: dict) -> None:
-    pruning.validate_pruning_params({k: v for k, v in params.items() if k in PRUNE_PARAMS})
-    minmax.validate_minmax_params({k: v for k, v in params.items() if k in MINMAX_PARAMS})
+def _validate_prune_minmax(params: dict) -> dict:
+    """Both parts' checks; the parameters of ``prune+minmax`` with both parts' defaults."""
+    return {**pruning.validate_pruning_params({k: v for k, v in params.items() if k in PRUNE_PARAMS}),
+            **minmax.validate_minmax_params({k: v for k, v in params.items() if k in MINMAX_PARAMS})}
 
 
 register_defense("prune", pruning.train_pruned, PRUNE_PARAMS, pruning.validate_pruning_params)

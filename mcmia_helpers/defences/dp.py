@@ -63,8 +63,10 @@ from mcmia_helpers.context import TargetContext
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import atomic_torch_save
-from mcmia_helpers.training import (TrainConfig, get_device, load_epoch_checkpoint, load_or_train,
-                                    make_optimizer, make_scheduler)
+from mcmia_helpers.defences.registry import canonical_params
+from mcmia_helpers.training import (TrainConfig, epoch_seed, get_device, legacy_spellings,
+                                    load_epoch_checkpoint, load_or_train, make_optimizer,
+                                    make_scheduler)
 
 #: Accountants accepted by :func:`train_dp` (``rdp`` is the default and the recommended one).
 ACCOUNTANTS = ("rdp", "prv")
@@ -417,7 +419,7 @@ def train_dp(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, con
         bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc="DP epochs",
                    leave=False)
         for epoch in bar:
-            torch.manual_seed(config.seed * 100_003 + epoch)  # Poisson sampling and noise
+            torch.manual_seed(epoch_seed(config.seed, epoch))  # Poisson sampling and noise
             total_loss, correct, seen = 0.0, 0, 0
             with _quiet_opacus(), BatchMemoryManager(
                     data_loader=dp_loader, max_physical_batch_size=max_physical_batch_size,
@@ -505,7 +507,14 @@ def train_dp_target(ctx: TargetContext) -> tuple[nn.Module, dict[str, Any]]:
                            device=ctx.device, progress=ctx.progress, checkpoint_path=checkpoint)
         return info["history"]
 
-    model, cached = load_or_train(ctx.cache_config(dp=dp, dp_train=config.to_dict()), build, train)
+    # Keyed on the canonical parameters (every spelling of the same run is one model); models
+    # cached under an older spelling (``{"epsilon": 4}``, ``{}``) are found through aliases.
+    canonical = canonical_params("dp", ctx.spec.params)
+    key = replace(ctx, spec=replace(ctx.spec, params=canonical)).cache_config(
+        dp=dp, dp_train=config.to_dict())
+    defaults = {"epsilon": DEFAULT_EPSILON, "max_grad_norm": DEFAULT_MAX_GRAD_NORM}
+    aliases = [{**key, "params": spelling} for spelling in legacy_spellings(canonical, defaults)]
+    model, cached = load_or_train(key, build, train, aliases=aliases)
     info = privacy_info(cached["history"], target_epsilon=dp["epsilon"], delta=delta,
                         max_grad_norm=dp["max_grad_norm"], accountant=dp["accountant"])
     info["cached"] = cached["cached"]
