@@ -21,15 +21,16 @@ from mcmia_helpers.zoo import (ZooSpec, attack_zoo, membership_matrix, prepare_z
                                random_membership, run_zoo, train_zoo, zoo_metrics)
 from mcmia_helpers.zoo import train as zoo_train
 from mcmia_helpers.zoo.evaluate import example_exposure, paired_difference
+from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched
 
 ATTACKS = "lira_online,lira_offline,loss"
-PRUNE = {"pruning": "magnitude", "sparsity": 0.9}
+PRUNE = {"pruning": "admm", "sparsity": 0.9}
 
 
 @pytest.fixture(scope="module")
 def zoo_run(tmp_path_factory):
     """The ci dense zoo: a first run killed while training its second group of 4 models, then
-    ``run_zoo`` (which resumes it), then the 4-model magnitude-pruned zoo on the same halves."""
+    ``run_zoo`` (which resumes it), then the 4-model ADMM-pruned zoo on the same halves."""
     cache = tmp_path_factory.mktemp("zoo-cache")
     out = tmp_path_factory.mktemp("zoo-out")
     with pytest.MonkeyPatch.context() as mp:
@@ -97,6 +98,44 @@ def test_defended_zoo_reuses_the_dense_halves_and_seeds(zoo_run) -> None:
                                                           "cached": 4, "trained": 0}
     sparsity = [e["sparsity_achieved"] for e in pruned.extras]
     assert all(abs(s - 0.9) < 0.01 for s in sparsity)
+
+
+def test_batched_pruning_and_continued_training_match_one_model_at_a_time(zoo_run) -> None:
+    import copy
+
+    from mcmia_helpers.defences.pruning import ADMMSettings, default_sparsity_profile, prune_model
+    from mcmia_helpers.shadow import predict_logits_many
+    from mcmia_helpers.training import fit
+
+    setup = zoo_run.setup
+    bundle, pool, test = setup.ctx.bundle, setup.zoo_pool.pool, setup.zoo_pool.test[:200]
+    dense = zoo_train.dense_models(setup, [0, 1])
+    index_sets = [pool[setup.membership[i]] for i in (0, 1)]
+    seeds = setup.seeds(2)
+    config = replace(setup.ctx.train_config, epochs=2)
+    profile = default_sparsity_profile(dense[0], 0.9)
+    for method, sparsity in (("admm", profile), ("magnitude", 0.9)):
+        batched = [copy.deepcopy(m) for m in dense]
+        infos = prune_models_batched(batched, bundle, index_sets, config, seeds, method, sparsity,
+                                     admm_epochs=1, retrain_epochs=1, settings=ADMMSettings(),
+                                     device=torch.device("cpu"))
+        single = [copy.deepcopy(m) for m in dense]
+        for model, idx, seed in zip(single, index_sets, seeds):
+            prune_model(model, bundle, idx, replace(config, seed=seed), method, sparsity,
+                        admm_epochs=1, retrain_epochs=1, admm=ADMMSettings())
+        for a, b, info in zip(batched, single, infos):
+            assert info["sparsity_achieved"] == pytest.approx(0.9, abs=0.005)
+            weights_b = dict(b.named_parameters())
+            for name, wa in a.named_parameters():
+                assert torch.equal(wa == 0, weights_b[name] == 0), f"{method}: masks differ in {name}"
+        diff = (predict_logits_many(batched, bundle, test) - predict_logits_many(single, bundle, test)).abs()
+        assert float(diff.max()) < 1e-3, method
+    longer = [copy.deepcopy(m) for m in dense]
+    continue_training(longer, bundle, index_sets, config, seeds, torch.device("cpu"))
+    for model, idx, seed in zip(dense, index_sets, seeds):
+        fit(model, bundle, idx, replace(config, seed=seed), device=torch.device("cpu"))
+    diff = (predict_logits_many(longer, bundle, test) - predict_logits_many(dense, bundle, test)).abs()
+    assert float(diff.max()) < 1e-3
 
 
 # --------------------------------------------------------------------------- resume

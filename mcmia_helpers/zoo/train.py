@@ -23,8 +23,10 @@ Zoos by defence:
                 it (``admm_epochs + retrain_epochs``, a fresh optimiser as in each pruning
                 phase), together on the grouped engine: "dense trained as long as the pruned
                 models", continuing the dense models rather than starting over;
-``prune``       dense model ``i`` pruned (ADMM, magnitude or iterative) and retrained on its own
-                members by the ``prune`` defence's trainer, one model at a time;
+``prune``       dense model ``i`` pruned (ADMM or magnitude) and retrained on its own members,
+                together on the grouped engine (:mod:`mcmia_helpers.zoo.grouped`) with the
+                recipe of the ``prune`` defence's trainer; iterative pruning (and anything the
+                engine cannot run) goes through that trainer, one model at a time;
 other defences  (``minmax``, ``prune+minmax``, ``dp``) through their registered trainer on
                 model ``i``'s members and seed, one model at a time.
 """
@@ -43,15 +45,15 @@ from mcmia_helpers.context import ExperimentSpec, TargetContext, arch_view
 from mcmia_helpers.data import DATASETS, MIASplit, load_dataset
 from mcmia_helpers.defences import (DEFENSES, PARAM_VALIDATORS, check_defense_name,
                                     validate_defense_params)
-from mcmia_helpers.defences.pruning import train_pruned
+from mcmia_helpers.defences.pruning import (ADMMSettings, default_sparsity_profile, resolve_sparsity,
+                                            train_pruned)
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, notice, set_aside
 from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
-from mcmia_helpers.shadow import (_train_group, grouped_net_for, predict_logits_many,
-                                  train_models_batched)
-from mcmia_helpers.training import (TrainConfig, cache_dir, check_finite_model, config_key, fit,
-                                    get_device)
+from mcmia_helpers.shadow import predict_logits_many, train_models_batched
+from mcmia_helpers.training import TrainConfig, cache_dir, check_finite_model, config_key, get_device
+from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched
 from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw_pool,
                                           labelled_bundle, membership_matrix, model_seed)
 
@@ -123,11 +125,17 @@ class ZooSpec:
 
     def normalised_params(self) -> dict[str, Any]:
         """The defence's parameters with its defaults filled in (one cache key however spelled)."""
-        validate = PARAM_VALIDATORS.get(self.defense)
-        if validate is None or self.defense == DENSE_LONG:
-            return dict(self.params)
-        out = validate(dict(self.params))
-        return {k: v for k, v in (out if isinstance(out, dict) else self.params).items()}
+        return normalise_params(self.defense, self.params)
+
+
+def normalise_params(defense: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of ``defense`` with the defence's defaults filled in, as its validator returns
+    them (so that ``--sparsity 0.9`` and no ``--sparsity`` name one zoo)."""
+    validate = PARAM_VALIDATORS.get(defense)
+    if validate is None or defense == DENSE_LONG:
+        return dict(params)
+    out = validate(dict(params))
+    return dict(out if isinstance(out, dict) else params)
 
 
 @dataclass
@@ -325,11 +333,12 @@ def _model_from(setup: ZooSetup, blob: dict) -> nn.Module:
 
 def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | None = None,
               n_models: int | None = None, *, group_size: int = 16,
-              progress: bool = False) -> Zoo:
+              progress: bool = False, batched_pruning: bool = True) -> Zoo:
     """The first ``n_models`` models of ``setup``'s zoo with ``defense``: cached ones loaded,
-    missing ones trained (dense and dense-long zoos together, ``group_size`` at a time; other
-    defences one at a time) and each saved as soon as it is done. See the module docstring."""
-    params = dict(params or {})
+    missing ones trained (dense, dense-long and pruned zoos together, ``group_size`` at a time,
+    unless ``batched_pruning`` is off; other defences one at a time) and each saved as soon as
+    it is done. See the module docstring."""
+    params = normalise_params(defense, dict(params or {}))
     n = setup.n_models if n_models is None else int(n_models)
     if not 1 <= n <= setup.n_models:
         raise UserError(f"the zoo has {setup.n_models} models: ask for 1 to {setup.n_models}")
@@ -343,6 +352,8 @@ def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | N
     if missing:
         if defense in ("none", DENSE_LONG):
             _train_grouped(setup, defense, missing, keys, entries, group_size, progress)
+        elif defense == "prune" and batched_pruning:
+            _prune_grouped(setup, params, missing, keys, entries, group_size, progress)
         else:
             _train_one_by_one(setup, defense, params, missing, keys, entries, progress)
     blobs = [e for e in entries if e is not None]
@@ -390,23 +401,36 @@ def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list
             entries[i] = blob
 
 
-def continue_training(models: list[nn.Module], bundle, index_sets: list[torch.Tensor],
-                      config: TrainConfig, seeds: list[int], device: torch.device,
-                      progress: bool = False) -> None:
-    """Train already-trained ``models`` on for ``config.epochs`` (fresh optimiser, model ``i``
-    with ``replace(config, seed=seeds[i])``), together on the grouped engine when supported
-    and the index sets have equal sizes, else one by one with :func:`~mcmia_helpers.training.fit`
-    (the same computation)."""
-    net = grouped_net_for(models[0], bundle)
-    same_size = len({len(idx) for idx in index_sets}) == 1
-    if net is None or not same_size:
-        for model, idx, seed in zip(models, index_sets, seeds):
-            fit(model, bundle, idx, replace(config, seed=int(seed)), device=device, progress=progress)
-        return
-    for model in models:
-        model.to(device)
-    _train_group(net, models, bundle, [torch.as_tensor(i) for i in index_sets], config,
-                 [int(s) for s in seeds], device, progress)
+def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], keys: list[str],
+                   entries: list[dict | None], group_size: int, progress: bool) -> None:
+    """The ``prune`` zoo's missing models, pruned together from their dense parents on the grouped
+    engine (:func:`~mcmia_helpers.zoo.grouped.prune_models_batched`) with the recipe of
+    :func:`~mcmia_helpers.defences.pruning.train_pruned`; where the engine cannot, one at a time."""
+    ctx = setup.ctx
+    method = params["pruning"]
+    probe = _builder(setup)()
+    if params.get("sparsity_spec") is not None:
+        sparsity: Any = resolve_sparsity(probe, params["sparsity_spec"])
+    elif method == "admm":
+        sparsity = default_sparsity_profile(probe, params["sparsity"])
+    else:
+        sparsity = params["sparsity"]
+    epochs = max(1, ctx.train_config.epochs // 2)
+    pool = setup.zoo_pool.pool
+    for start in range(0, len(missing), max(1, group_size)):
+        group = missing[start:start + max(1, group_size)]
+        models = dense_models(setup, group, group_size=group_size, progress=progress)
+        seeds = [model_seed(setup.spec.seed, i) for i in group]
+        infos = prune_models_batched(models, ctx.bundle, [pool[setup.membership[i]] for i in group],
+                                     ctx.train_config, seeds, method, sparsity, admm_epochs=epochs,
+                                     retrain_epochs=epochs, settings=ADMMSettings(),
+                                     device=ctx.device)
+        if infos is None:
+            _train_one_by_one(setup, "prune", params, group, keys, entries, progress)
+            continue
+        for i, model, seed, info in zip(group, models, seeds, infos):
+            (entries[i],) = _save_entries(setup, [keys[i]], [model], [seed],
+                                          {**info, "pruning": method, "sparsity": params["sparsity"]})
 
 
 def _train_one_by_one(setup: ZooSetup, defense: str, params: dict[str, Any], missing: list[int],

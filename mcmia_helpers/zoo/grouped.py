@@ -1,0 +1,253 @@
+"""Pruning and continued training of many models at once, inside the grouped network.
+
+The zoo's dense models train together on the grouped engine of :mod:`mcmia_helpers.shadow`
+(every parameter stacked along a first dimension of size ``M``, each layer run once for all
+models). This module does the same for what comes after the dense models, so that a pruned zoo
+trains together too:
+
+* **ADMM pruning** (Zhang et al. 2018, as in :func:`~mcmia_helpers.defences.pruning.prune_model`):
+  the W-step adds ``rho/2 * ||W_m - Z_m + U_m||^2`` for every model ``m`` to the summed loss
+  (each model's slice of the gradient is its own penalty's); the Z-step projects each model's
+  ``W_m + U_m`` on its own sparsity constraint (a top-k per model, :func:`project_rows`); U and
+  ``rho`` follow as in :class:`~mcmia_helpers.defences.pruning.ADMMCallback`; then every model is
+  hard-pruned by its own projection and retrained with its mask fixed;
+* **magnitude pruning**: each model's own global (or per-layer) magnitude threshold, then
+  fine-tuning with the mask fixed (re-applied after every optimiser step, as
+  :class:`~mcmia_helpers.defences.pruning.MaskCallback` does);
+* **continued training** (the zoo's ``dense-long``): the dense models trained on.
+
+Every phase starts a fresh optimiser with the phase's epochs, and model ``m`` shuffles with its
+own seed from epoch 0, exactly as the one-model-at-a-time path (``prune_model`` through ``fit``)
+does, so both give the same models up to float rounding. The loop is the grouped engine's
+(:func:`mcmia_helpers.shadow.train_models_batched`) with three hooks (an extra loss, a step
+hook and an epoch hook) through which the pruning state acts on the stacked weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mcmia_helpers.data import DatasetBundle
+from mcmia_helpers.defences.compression import compression_report, prunable_layers
+from mcmia_helpers.defences.pruning import ADMMSettings, n_pruned
+from mcmia_helpers.shadow import GroupedNet, grouped_net_for, stack_states, unstack_into
+from mcmia_helpers.training import (TrainConfig, _autocast, epoch_seed, fit, make_optimizer,
+                                    make_scheduler)
+
+
+class GroupHooks:
+    """What a phase adds to the grouped training loop (the default adds nothing)."""
+
+    def extra_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return None
+
+    def after_step(self, params: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def epoch_end(self, epoch: int, params: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                  bundle: DatasetBundle, index_sets: Sequence[torch.Tensor], config: TrainConfig,
+                  seeds: Sequence[int], device: torch.device, hooks: GroupHooks | None = None) -> None:
+    """One training phase of ``M`` stacked models in place (equal-size index sets): the loop of
+    the grouped engine (summed per-model mean cross-entropies, one optimiser on the stacked
+    tensors, model ``m`` shuffled by its own ``epoch_seed(seeds[m], epoch)``), plus ``hooks``."""
+    hooks = hooks or GroupHooks()
+    n_models = len(index_sets)
+    optimizer = make_optimizer(list(params.values()), config)
+    scheduler = make_scheduler(optimizer, config)
+    index_sets = [torch.as_tensor(idx, dtype=torch.long) for idx in index_sets]
+    n = len(index_sets[0])
+    for epoch in range(config.epochs):
+        gens = [torch.Generator().manual_seed(epoch_seed(s, epoch)) for s in seeds]
+        orders = torch.stack([idx[torch.randperm(n, generator=g)] for idx, g in zip(index_sets, gens)])
+        for start in range(0, n, config.batch_size):
+            chunk = orders[:, start:start + config.batch_size]
+            if config.augment:
+                parts = [bundle.batch(c, augment=True, generator=g) for c, g in zip(chunk, gens)]
+                x, y = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+            else:
+                x, y = bundle.batch(chunk.reshape(-1))
+                x, y = x.view(n_models, -1, *x.shape[1:]), y.view(n_models, -1)
+            x, y = x.to(device), y.to(device)
+            with _autocast(device, config.amp):
+                logits = net.forward(params, buffers, x, training=True)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                       reduction="none").view(n_models, -1).mean(1).sum()
+                extra = hooks.extra_loss(params)
+                if extra is not None:
+                    loss = loss + extra
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            hooks.after_step(params)
+        if scheduler is not None:
+            scheduler.step()
+        hooks.epoch_end(epoch, params)
+
+
+def project_rows(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Per model (first dimension), the mask of the largest-magnitude entries to keep: the
+    projection of :func:`~mcmia_helpers.defences.pruning.project`, for all models at once."""
+    flat = weight.detach().reshape(weight.shape[0], -1)
+    keep = flat.shape[1] - n_pruned(flat.shape[1], sparsity)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, torch.topk(flat.abs(), keep, dim=1, sorted=False).indices, True)
+    return mask.view_as(weight)
+
+
+class StackedADMM(GroupHooks):
+    """ADMM's ``Z``, ``U`` and ``rho`` for stacked models (see the module docstring)."""
+
+    def __init__(self, params: dict[str, torch.Tensor], targets: Mapping[str, float],
+                 rho_init: float, rho_growth: float, rho_max: float) -> None:
+        self.targets = {f"{layer}.weight": float(s) for layer, s in targets.items() if s > 0}
+        self.rho, self.rho_growth, self.rho_max = float(rho_init), float(rho_growth), float(rho_max)
+        with torch.no_grad():
+            self.Z = {k: params[k].detach() * project_rows(params[k], s) for k, s in self.targets.items()}
+            self.U = {k: torch.zeros_like(params[k]) for k in self.targets}
+
+    def extra_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if not self.targets:
+            return None
+        total = sum((params[k].float() - self.Z[k] + self.U[k]).pow(2).sum() for k in self.targets)
+        return 0.5 * self.rho * total
+
+    @torch.no_grad()
+    def epoch_end(self, epoch: int, params: dict[str, torch.Tensor]) -> None:
+        for k, s in self.targets.items():
+            candidate = params[k].detach().float() + self.U[k]
+            self.Z[k] = candidate * project_rows(candidate, s)
+            self.U[k] = candidate - self.Z[k]
+        new_rho = min(self.rho * self.rho_growth, self.rho_max)
+        for k in self.U:
+            self.U[k] *= self.rho / new_rho
+        self.rho = new_rho
+
+    def hard_masks(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: project_rows(params[k], s) for k, s in self.targets.items()}
+
+
+class StackedMasks(GroupHooks):
+    """Keeps every model's pruned weights at zero after each optimiser step."""
+
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks = masks
+
+    @torch.no_grad()
+    def after_step(self, params: dict[str, torch.Tensor]) -> None:
+        for k, mask in self.masks.items():
+            params[k].mul_(mask.to(params[k].dtype))
+
+
+def magnitude_masks(params: dict[str, torch.Tensor], layers: Sequence[str],
+                    sparsity: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Each model's magnitude masks: one global threshold over all ``layers`` when ``sparsity``
+    is a number (``round(s * total)`` smallest weights of each model go, as
+    ``torch.nn.utils.prune.global_unstructured``), else each layer's own."""
+    keys = [f"{layer}.weight" for layer in layers]
+    if isinstance(sparsity, Mapping):
+        return {f"{layer}.weight": project_rows(params[f"{layer}.weight"], float(sparsity[layer]))
+                for layer in layers}
+    flat = torch.cat([params[k].detach().reshape(params[k].shape[0], -1) for k in keys], dim=1)
+    drop = int(round(float(sparsity) * flat.shape[1]))
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    if drop > 0:
+        mask.scatter_(1, torch.topk(flat.abs(), drop, dim=1, largest=False).indices, False)
+    out, start = {}, 0
+    for k in keys:
+        size = params[k][0].numel()
+        out[k] = mask[:, start:start + size].reshape(params[k].shape)
+        start += size
+    return out
+
+
+def _stacked(models: Sequence[nn.Module], device: torch.device):
+    params, buffers = stack_states(models)
+    params = {k: v.detach().to(device).requires_grad_(True) for k, v in params.items()}
+    return params, {k: v.to(device) for k, v in buffers.items()}
+
+
+def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
+                         index_sets: Sequence[torch.Tensor], config: TrainConfig,
+                         seeds: Sequence[int], method: str, sparsity: float | Mapping[str, float], *,
+                         admm_epochs: int, retrain_epochs: int, settings: ADMMSettings,
+                         device: torch.device) -> list[dict[str, Any]] | None:
+    """Prune trained dense ``models`` in place, all together, and retrain each on its members.
+
+    ``method`` is ``admm`` (``sparsity`` a ``{layer: s}`` profile) or ``magnitude`` (one number:
+    one global threshold per model; a mapping: per layer). Returns one info dict per model
+    (method, epochs, ``rho`` schedule, achieved sparsity), or ``None`` when the grouped network
+    does not support the architecture or the index sets differ in size (the caller then prunes
+    one model at a time, with the same result).
+    """
+    net = grouped_net_for(models[0], bundle)
+    if net is None or len({len(i) for i in index_sets}) != 1 or method not in ("admm", "magnitude"):
+        return None
+    seeds = [int(s) for s in seeds]
+    for model in models:
+        model.to(device)
+    params, buffers = _stacked(models, device)
+    layers = list(prunable_layers(models[0]))
+    info: dict[str, Any] = {"method": method, "batched": True}
+    if method == "admm":
+        n = len(index_sets[0])
+        steps_per_epoch = -(-n // config.batch_size)
+        per_epoch = max(1, min(int(settings.updates_per_epoch), steps_per_epoch))
+        if per_epoch != 1:
+            return None  # Z/U updates within an epoch: left to the one-at-a-time path
+        growth = settings.growth_for(per_epoch * admm_epochs)
+        admm = StackedADMM(params, sparsity, settings.rho_init, growth, settings.rho_max)
+        if admm_epochs > 0:
+            train_stacked(net, params, buffers, bundle, index_sets, replace(config, epochs=admm_epochs),
+                          seeds, device, admm)
+        masks = {f"{layer}.weight": torch.ones_like(params[f"{layer}.weight"], dtype=torch.bool)
+                 for layer in layers}
+        masks.update(admm.hard_masks(params))
+        phase_epochs = retrain_epochs
+        info.update({"admm_epochs": admm_epochs, "retrain_epochs": retrain_epochs,
+                     "admm": {**settings.to_dict(), "rho_growth_used": growth, "rho_final": admm.rho}})
+    else:
+        masks = magnitude_masks(params, layers, sparsity)
+        phase_epochs = admm_epochs + retrain_epochs
+        info.update({"admm_epochs": 0, "retrain_epochs": phase_epochs})
+    keeper = StackedMasks(masks)
+    keeper.after_step(params)  # the first batch already sees the pruned models
+    if phase_epochs > 0:
+        train_stacked(net, params, buffers, bundle, index_sets, replace(config, epochs=phase_epochs),
+                      seeds, device, keeper)
+    unstack_into(models, params, buffers)
+    shape = (bundle.in_channels, bundle.image_size, bundle.image_size)
+    out = []
+    for model in models:
+        report = compression_report(model, shape)
+        out.append({**info, "sparsity_per_layer": report["sparsity_per_layer"],
+                    "sparsity_achieved": report["sparsity"],
+                    "compression_ratio": report["compression_ratio"]})
+    return out
+
+
+def continue_training(models: list[nn.Module], bundle: DatasetBundle,
+                      index_sets: Sequence[torch.Tensor], config: TrainConfig, seeds: Sequence[int],
+                      device: torch.device, progress: bool = False) -> None:
+    """Train already-trained ``models`` on for ``config.epochs`` (a fresh optimiser, model ``m``
+    with ``replace(config, seed=seeds[m])``): together when the grouped network supports the
+    architecture and the index sets have one size, else one by one with
+    :func:`~mcmia_helpers.training.fit` (the same computation)."""
+    net = grouped_net_for(models[0], bundle)
+    if net is None or len({len(i) for i in index_sets}) != 1:
+        for model, idx, seed in zip(models, index_sets, seeds):
+            fit(model, bundle, idx, replace(config, seed=int(seed)), device=device, progress=progress)
+        return
+    for model in models:
+        model.to(device)
+    params, buffers = _stacked(models, device)
+    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device)
+    unstack_into(models, params, buffers)
