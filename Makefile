@@ -40,10 +40,25 @@ book: data
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
+# What the browser test needs (tests/test_browser.py): Debian's chromium where apt exists, and
+# MathJax 3 from the npm registry (pinned hash), served in place of the book's CDN.
+MATHJAX := .cache/mathjax/package/es5/tex-mml-chtml.js
+
+browser: $(MATHJAX)
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+	    && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+$(MATHJAX):
+	bash tools/fetch_mathjax.sh
+
 # One empty model cache per test run, shared by the workers and the notebook kernels.
-test: data
+# MCMIA_BROWSER_REQUIRED=1: a missing chromium or MathJax fails the browser test, never skips it.
+test: data browser
 	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
-	MCMIA_SCALE=ci MCMIA_CACHE="$$cache" MCMIA_TEST_RUN_CACHE=1 OMP_NUM_THREADS=1 \
+	MCMIA_SCALE=ci MCMIA_CACHE="$$cache" MCMIA_TEST_RUN_CACHE=1 MCMIA_BROWSER_REQUIRED=1 OMP_NUM_THREADS=1 \
 	  $(PY) -m pytest -q -n 2 --dist loadscope tests \
 	  --nbval-lax book --nbval-sanitize-with tests/sanitize.cfg
 

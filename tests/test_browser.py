@@ -3,14 +3,17 @@ shows an error, glued numbers are filled in, equations render, and pages read cl
 setup cell collapsed to one line, no horizontal scrolling of code or tables, figures shown
 near their own size). Screenshots go to ``_build/screenshots/``.
 
-Skipped where Debian's ``chromium`` or the ``playwright`` package is missing; ``.ci/run``
-installs both. The book loads MathJax from its CDN; offline, the equation test serves the same
-MathJax version from ``.cache/mathjax`` (``tools/fetch_mathjax.sh``, run by ``.ci/run``) in place
-of the CDN, and is skipped where it has not been fetched.
+``make test`` installs Debian's ``chromium`` (where apt exists) and fetches MathJax
+(``tools/fetch_mathjax.sh``) first, and sets ``MCMIA_BROWSER_REQUIRED=1``: then a missing
+chromium, ``playwright`` or MathJax fails these tests instead of skipping them. Run by hand
+without that variable, they are skipped where one is missing. The book loads MathJax from its
+CDN; the equation test serves the same MathJax version from ``.cache/mathjax`` in its place
+(the tests never use the network).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -22,10 +25,34 @@ from book_files import ROOT, chapter_notebooks
 
 MATHJAX = ROOT / ".cache" / "mathjax" / "package"
 MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/"
+#: A window wide enough for the theme's content column to reach its default (widest) width,
+#: about 93 characters of code: the notebooks' 88-column code shows without scrolling.
+THEME_VIEWPORT = {"width": 1440, "height": 900}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+#: Set by ``make test``: what these tests need was installed, so its absence is a failure.
+REQUIRED = os.environ.get("MCMIA_BROWSER_REQUIRED") == "1"
+
+
+def _missing(what: str) -> None:
+    """Fail (under ``make test``) or skip (run by hand) for a missing prerequisite."""
+    message = f"{what} (make test installs it: see the Makefile's browser target)"
+    if REQUIRED:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+try:
+    import playwright.sync_api  # noqa: F401
+except ImportError:
+    _missing("the playwright package is not installed")
+playwright = sys.modules["playwright.sync_api"]
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _chromium() -> None:
+    if CHROMIUM is None:
+        _missing("Debian's chromium is not installed")
 
 
 def _chapters() -> list[str]:
@@ -58,7 +85,7 @@ def browser():
 def test_chapter_page_renders(chapter: str, built_book: Path, browser) -> None:
     page_file = built_book / "book" / f"{chapter}.html"
     assert page_file.exists(), f"{chapter} is not in the built book (missing from _toc.yml?)"
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport=THEME_VIEWPORT)
     page.goto(page_file.as_uri(), wait_until="load")
     images = page.evaluate("""() => Array.from(document.querySelectorAll('.cell_output img'))
         .map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0}))""")
@@ -145,10 +172,16 @@ def _has_math(chapter: str) -> bool:
     return any(c["cell_type"] == "markdown" and "$" in "".join(c["source"]) for c in cells)
 
 
-@pytest.mark.skipif(not (MATHJAX / "es5" / "tex-mml-chtml.js").exists(),
-                    reason="MathJax not fetched: run tools/fetch_mathjax.sh")
+@pytest.fixture(scope="module")
+def mathjax() -> Path:
+    """The local MathJax copy (checked before the book is built)."""
+    if not (MATHJAX / "es5" / "tex-mml-chtml.js").exists():
+        _missing("MathJax is not fetched (tools/fetch_mathjax.sh)")
+    return MATHJAX
+
+
 @pytest.mark.parametrize("chapter", [c for c in _chapters() if _has_math(c)])
-def test_equations_render(chapter: str, built_book: Path, browser) -> None:
+def test_equations_render(chapter: str, mathjax: Path, built_book: Path, browser) -> None:
     page = browser.new_page()
     page.route(f"{MATHJAX_CDN}**", _serve_local_mathjax)
     page.goto((built_book / "book" / f"{chapter}.html").as_uri(), wait_until="load")
