@@ -70,6 +70,7 @@ notebooks: data
 # Timing claims (not in the tests: they depend on the machine and its load).
 benchmark: data
 	$(PY) benchmarks/shadow_training.py
+	$(PY) benchmarks/zoo_training.py
 	$(PY) benchmarks/timing_claims.py
 
 # The package's layers (import-linter) and the notebooks' code formatting (ruff, 88 columns).
