@@ -277,7 +277,8 @@ def _matching(records, arch: str, dataset: str, defense: str, parameter: str | N
 
 
 def static_overview(records: Sequence[Mapping[str, Any]], attack: str, kind: str = "auto") -> plt.Figure:
-    """One figure over all records for the built book: one panel per architecture (and data).
+    """One figure over all records for the built book: one panel per architecture (and data),
+    two panels a row.
 
     ``kind="roc"``: the ROC of ``attack`` for every defence and parameter, averaged over seeds,
     on log axes. ``kind="auc"``: ``attack``'s AUC against test accuracy, one point per defence
@@ -294,9 +295,9 @@ def static_overview(records: Sequence[Mapping[str, Any]], attack: str, kind: str
         raise UserError(f"kind {kind!r} is not a kind of overview: use 'roc', 'auc' or 'auto'")
     panels = list(frame[["arch", "dataset", "dataset_used"]].drop_duplicates(["arch", "dataset"])
                   .itertuples(index=False, name=None))
-    ncols = min(4, len(panels))
+    ncols = min(2, len(panels))  # two panels a row stay legible at the book's page width
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.7 * nrows), squeeze=False,
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 4.2 * nrows), squeeze=False,
                              sharex=kind == "roc", sharey=kind == "roc", layout="constrained")
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
