@@ -156,10 +156,19 @@ def test_cache_loads_and_keys_on_seed_and_indices(bundle, tmp_path) -> None:
     again, info = load(specs)
     assert info["trained"] == 0 and info["cached"] == 2
     _assert_same_models(first, again, bundle, atol=0)
-    changed = [ShadowSpec(sets[0], 1), ShadowSpec(sets[1], 99)]
+    changed = [ShadowSpec(sets[0], 1), ShadowSpec(sets[1], 99)]  # another seed
     _, info = load(changed)
     assert info["trained"] == 1 and info["cached"] == 1
     assert len(list(tmp_path.glob("*.pt"))) == 3
+    # the same seed on other indices (one example swapped for one outside the set) is another model
+    outside = next(i for i in range(len(bundle)) if i not in set(sets[0].tolist()))
+    swapped = torch.cat([sets[0][:-1], torch.tensor([outside])])
+    other, info = load([ShadowSpec(swapped, 1), ShadowSpec(sets[1], 2)])
+    assert info["trained"] == 1 and info["cached"] == 1
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    assert not torch.equal(other[0].state_dict()["features.0.weight"],
+                           first[0].state_dict()["features.0.weight"])
+    _assert_same_models(other[1:], first[1:], bundle, atol=0)
 
 
 def test_bad_arguments_raise_user_errors(bundle) -> None:
