@@ -25,6 +25,7 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import check_output_path
 from mcmia_helpers.models import ARCHITECTURES
 from mcmia_helpers.scales import SCALES
+from mcmia_helpers.defences.pruning import PRUNING_CHOICES
 from mcmia_helpers.defences.registry import canonical_params, check_params
 from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, SEED_LIMIT, check_environment,
                                       check_seed)
@@ -99,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
     run.add_argument("--seed", type=_seed, default=0, help=f"random seed, an integer in [0, {SEED_LIMIT})")
     defence = run.add_argument_group("defence parameters (each applies to the defences named)")
-    defence.add_argument("--pruning", choices=("admm", "magnitude", "iterative"), default=None,
-                         help="pruning method for prune, prune+minmax (default admm)")
+    defence.add_argument("--pruning", choices=tuple(PRUNING_CHOICES), default=None,
+                         help="pruning method for prune, prune+minmax (default admm; "
+                              "magnitude-profile and admm-global swap the layer allocation)")
     defence.add_argument("--sparsity", type=_number, default=None,
                          help="fraction of conv/linear weights pruned, in [0, 1) (default 0.9)")
     defence.add_argument("--sparsity-spec", default=None,

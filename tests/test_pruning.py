@@ -470,3 +470,51 @@ def test_admm_updates_per_epoch_spread_over_the_epoch(fashion) -> None:
     assert [r["admm_updates"] for r in rows] == [2, 4]
     assert info["admm"]["rho_growth_used"] == pytest.approx(settings.growth_for(4))
     assert rows[0]["rho"] == pytest.approx(1e-3 * settings.growth_for(4) ** 2)
+
+
+# --------------------------------------------------------------------------- allocation controls
+
+
+def test_global_threshold_targets_are_what_global_magnitude_pruning_does() -> None:
+    model = _lenet()
+    targets = P.global_threshold_targets(model, 0.8)
+    sizes = {n: m.weight.numel() for n, m in P.prunable_layers(model).items()}
+    overall = sum(sizes[n] * s for n, s in targets.items()) / sum(sizes.values())
+    assert overall == pytest.approx(0.8, abs=1e-3)
+    assert len(set(round(s, 3) for s in targets.values())) > 1  # not uniform: one threshold
+    pruned = copy.deepcopy(model)
+    P._torch_prune(P.prunable_layers(pruned), {}, 0.8)  # torch's global unstructured pruning
+    achieved = {n: float((m.weight == 0).float().mean()) for n, m in P.prunable_layers(pruned).items()}
+    for name, target in targets.items():
+        assert achieved[name] == pytest.approx(target, abs=2e-3), name
+
+
+def test_swapped_allocations_separate_algorithm_from_allocation(fashion) -> None:
+    """``magnitude-profile`` prunes each layer to ADMM's profile targets; ``admm-global`` runs
+    ADMM to the per-layer targets of a global magnitude threshold on the dense model."""
+    from mcmia_helpers import context
+    from mcmia_helpers.defences import DEFENSES
+
+    def pruned(choice: str):
+        spec = context.ExperimentSpec(arch="lenet5", dataset="fashion-mnist", defense="prune",
+                                      params={"pruning": choice, "sparsity": 0.8})
+        ctx = context.prepare(spec)
+        ctx = replace(ctx, train_config=replace(ctx.train_config, epochs=2),
+                      device=torch.device("cpu"))
+        return ctx, P.train_pruned(ctx)[1]
+
+    ctx, admm = pruned("admm")
+    _, mag_profile = pruned("magnitude-profile")
+    assert mag_profile["pruning_algorithm"] == "magnitude"
+    assert mag_profile["sparsity_allocation"] == admm["sparsity_allocation"] == "profile"
+    assert mag_profile["sparsity_targets"] == admm["sparsity_targets"]
+    for name, target in admm["sparsity_targets"].items():
+        assert mag_profile["sparsity_per_layer"][name] == pytest.approx(target, abs=2e-3)
+    _, admm_global = pruned("admm-global")
+    dense, _ = DEFENSES["none"](replace(ctx, spec=replace(ctx.spec, defense="none", params={})))
+    expected = P.global_threshold_targets(dense, 0.8)
+    assert admm_global["pruning_algorithm"] == "admm"
+    assert admm_global["sparsity_allocation"] == "global"
+    assert admm_global["sparsity_targets"] == pytest.approx(expected)
+    for name, target in expected.items():
+        assert admm_global["sparsity_per_layer"][name] == pytest.approx(target, abs=2e-3)

@@ -72,12 +72,28 @@ __all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedC
            "compose_callbacks", "apply_masks", "masks_from_model", "sparsity_per_layer",
            "default_sparsity_profile", "resolve_sparsity", "load_sparsity_spec",
            "check_sparsity", "project", "prune_model", "train_pruned", "validate_pruning_params",
-           "prune_filters_vgg", "PARAM_DEFAULTS"]
+           "prune_filters_vgg", "PARAM_DEFAULTS", "PRUNING_CHOICES", "global_threshold_targets"]
 
 #: Bump when a change to pruning makes cached pruned models wrong.
 PRUNING_VERSION = 1
 
 METHODS: tuple[str, ...] = ("admm", "magnitude", "iterative")
+
+#: The ``pruning`` choices of the ``prune`` defence: an algorithm and how one overall sparsity
+#: is spread over the layers (its *allocation*). Each algorithm's own allocation is its plain
+#: name: ADMM uses :func:`default_sparsity_profile`, the magnitude methods one global threshold.
+#: The swapped allocations are controls that separate the algorithm from the allocation (the
+#: book's chapter 6): ``magnitude-profile`` prunes by magnitude to ADMM's per-layer targets,
+#: ``admm-global`` runs ADMM to the per-layer sparsities a global magnitude threshold gives the
+#: dense model.
+PRUNING_CHOICES: dict[str, tuple[str, str]] = {
+    "admm": ("admm", "profile"),
+    "magnitude": ("magnitude", "global"),
+    "iterative": ("iterative", "global"),
+    "admm-global": ("admm", "global"),
+    "magnitude-profile": ("magnitude", "profile"),
+    "iterative-profile": ("iterative", "profile"),
+}
 
 #: The ``params`` a ``prune`` experiment accepts, with their defaults.
 PARAM_DEFAULTS: dict[str, Any] = {"pruning": "admm", "sparsity": 0.9, "sparsity_spec": None}
@@ -191,6 +207,25 @@ def default_sparsity_profile(model: nn.Module, target: float,
     profile = {k: max(0.0, 1.0 - min(1.0, scale * scores[k])) for k in sizes}
     assert abs(sum(sizes[k] * profile[k] for k in sizes) / total - target) < 1e-6
     return profile
+
+
+def global_threshold_targets(model: nn.Module, sparsity: float) -> dict[str, float]:
+    """The per-layer sparsities that one global magnitude threshold gives ``model``.
+
+    The threshold keeps the ``1 - sparsity`` largest-magnitude weights over all prunable layers
+    together (as ``magnitude`` pruning does); each layer's target is the share of its own
+    weights below it. ADMM run to these targets (``admm-global``) has magnitude pruning's
+    allocation, so the two algorithms can be compared at one allocation.
+    """
+    sparsity = check_sparsity(sparsity)
+    layers = prunable_layers(model)
+    weights = {name: effective_weight(m).detach().abs().flatten().cpu() for name, m in layers.items()}
+    everything = torch.cat(list(weights.values()))
+    k = n_pruned(everything.numel(), sparsity)
+    if k == 0:
+        return {name: 0.0 for name in weights}
+    threshold = everything.kthvalue(k).values
+    return {name: float((w <= threshold).sum()) / w.numel() for name, w in weights.items()}
 
 
 def n_pruned(numel: int, sparsity: float) -> int:
@@ -585,7 +620,7 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
 def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The ``prune`` defence's ``params`` with defaults filled in, or a one-line :class:`UserError`.
 
-    Keys: ``pruning`` (admm, magnitude, iterative; default admm), ``sparsity`` (overall
+    Keys: ``pruning`` (one of :data:`PRUNING_CHOICES`; default admm), ``sparsity`` (overall
     target in [0, 1), default 0.9) and ``sparsity_spec`` (a JSON/YAML per-layer file that,
     when given, replaces ``sparsity``; its layer names are checked against the model later).
     """
@@ -593,7 +628,9 @@ def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise UserError(f"unknown pruning parameter(s) {unknown}: use {sorted(PARAM_DEFAULTS)}")
     out = {**PARAM_DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    _check_method(out["pruning"])
+    if out["pruning"] not in PRUNING_CHOICES:
+        raise UserError(f"pruning method '{out['pruning']}' is unknown: choose "
+                        f"{', '.join(PRUNING_CHOICES)}")
     out["sparsity"] = check_sparsity(out["sparsity"])
     if out["sparsity_spec"] is not None:
         out["sparsity_spec"] = str(out["sparsity_spec"])
@@ -617,35 +654,38 @@ def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
     prunable weights: ADMM spreads it with :func:`default_sparsity_profile`, the magnitude
     baselines with one global threshold; a ``sparsity_spec`` file fixes every layer instead.
     Extra record fields: the compression report (``sparsity_per_layer``,
-    ``compression_ratio``, ``compression_ratio_prunable``, ``size_dense_bytes``,
-    ``size_sparse_bytes``, ``flops_dense``, ``flops_effective``) plus ``pruning``,
+    ``compression_ratio``, ``compression_ratio_prunable``, the raw and compressed file sizes
+    and their ratios, ``flops_dense``, ``flops_effective``) plus ``pruning``,
     ``sparsity``, ``sparsity_targets``, ``sparsity_achieved``, ``train_acc_before_retrain``,
     the epochs and ``history`` (ADMM, hard-prune and retraining rows, each with its ``phase``).
     """
     params = validate_pruning_params(ctx.spec.params if params is None else params)
-    method = params["pruning"]
-    probe = ctx.build()
-    if params["sparsity_spec"] is not None:
-        sparsity: Sparsity = resolve_sparsity(probe, params["sparsity_spec"])
-    elif method == "admm":
-        sparsity = default_sparsity_profile(probe, params["sparsity"])
-    else:
-        sparsity = params["sparsity"]
-    targets = resolve_sparsity(probe, sparsity)
-    sizes = {name: m.weight.numel() for name, m in prunable_layers(probe).items()}
-    overall = (params["sparsity"] if params["sparsity_spec"] is None else
-               sum(sizes[n] * s for n, s in targets.items()) / sum(sizes.values()))
-
+    choice = params["pruning"]
+    method, allocation = PRUNING_CHOICES[choice]
     if dense is None:
         dense_ctx = replace(ctx, spec=replace(ctx.spec, defense="none", params={}))
         dense_model, dense_info = train_undefended(dense_ctx)
     else:
         dense_model, dense_info = dense()
+    probe = ctx.build()
+    if params["sparsity_spec"] is not None:
+        sparsity: Sparsity = resolve_sparsity(probe, params["sparsity_spec"])
+    elif allocation == "profile":
+        sparsity = default_sparsity_profile(probe, params["sparsity"])
+    elif method == "admm":  # ADMM needs per-layer targets: those of one global threshold
+        sparsity = global_threshold_targets(dense_model, params["sparsity"])
+    else:
+        sparsity = params["sparsity"]  # one global threshold, inside prune_model
+    targets = resolve_sparsity(probe, sparsity)
+    sizes = {name: m.weight.numel() for name, m in prunable_layers(probe).items()}
+    overall = (params["sparsity"] if params["sparsity_spec"] is None else
+               sum(sizes[n] * s for n, s in targets.items()) / sum(sizes.values()))
     epochs = max(1, ctx.train_config.epochs // 2)
     settings = ADMMSettings()
     normalised = replace(ctx, spec=replace(ctx.spec, params=params))  # same key, however spelled
     key_targets = sparsity if isinstance(sparsity, dict) else {"global": sparsity}
-    config = normalised.cache_config(pruning=method, sparsity_targets=key_targets,
+    config = normalised.cache_config(pruning=method if choice == method else choice,
+                                     sparsity_targets=key_targets,
                                      admm_epochs=epochs, retrain_epochs=epochs,
                                      admm=settings.to_dict(), iterative_rounds=3,
                                      pruning_version=PRUNING_VERSION, **(cache_extra or {}))
@@ -662,9 +702,13 @@ def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
                                         ctx.bundle.image_size))
     extra = {key: report[key] for key in (
         "sparsity_per_layer", "compression_ratio", "compression_ratio_prunable",
-        "size_dense_bytes", "size_sparse_bytes", "flops_dense", "flops_effective")}
+        "size_dense_bytes", "size_sparse_raw_bytes", "size_ratio_raw",
+        "size_dense_compressed_bytes", "size_sparse_bytes", "size_ratio_compressed",
+        "flops_dense", "flops_effective")}
     extra.update({
-        "pruning": method, "sparsity": overall, "sparsity_spec": params["sparsity_spec"],
+        "pruning": choice, "pruning_algorithm": method,
+        "sparsity_allocation": "file" if params["sparsity_spec"] is not None else allocation,
+        "sparsity": overall, "sparsity_spec": params["sparsity_spec"],
         "sparsity_targets": key_targets,
         "sparsity_achieved": report["sparsity"],
         "admm_epochs": epochs if method == "admm" else 0,
