@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import BLOCKED
 from mcmia_helpers.cli import main
 
 RUN = ["run", "--arch", "lenet5", "--dataset", "fashion-mnist", "--scale", "ci", "--attacks", "loss"]
@@ -34,6 +35,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 ])
 def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MCMIA_DATA", str(tmp_path))
+    blocked_before = len(BLOCKED)
     try:
         status = main(args)
     except SystemExit as stop:  # argparse's own checks exit directly
@@ -42,6 +44,8 @@ def test_bad_input_exits_2_with_one_line(args, fragment, tmp_path, monkeypatch, 
     assert status == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], stderr
+    if args[:2] == ["data", "fetch"]:  # it tried to download, and the test guard refused
+        assert len(BLOCKED) > blocked_before
 
 
 def test_offline_cifar10_names_the_problem_and_the_fix(tmp_path) -> None:
@@ -52,7 +56,17 @@ def test_offline_cifar10_names_the_problem_and_the_fix(tmp_path) -> None:
     assert "cifar10" in result.stderr and "stand-in" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch) -> None:
+@pytest.fixture()
+def other_thread_count(monkeypatch):
+    """torch reports a thread count other than the session's real one (really running with more
+    threads than cores is minutes slower on a busy 2-core machine): the record must take the
+    count from torch at run time, not assume one."""
+    threads = torch.get_num_threads() + 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    return threads
+
+
+def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch, other_thread_count) -> None:
     records = []
     for i in range(2):
         # a fresh cache each time: the second run retrains and must give the same numbers
@@ -66,7 +80,7 @@ def test_run_writes_a_record_and_is_reproducible(tmp_path, monkeypatch) -> None:
                 "split_sizes", "train_acc", "test_acc", "member_acc", "nonmember_acc",
                 "params_total", "params_nonzero", "wall_time_s", "package_version", "torch_threads"):
         assert key in a, key
-    assert a["torch_threads"] == torch.get_num_threads()
+    assert a["torch_threads"] == b["torch_threads"] == other_thread_count  # the count it ran with
     assert a["dataset_used"] == "fashion-mnist" and a["params_total"] == 61_706
     for key in ("train_acc", "test_acc", "member_acc", "nonmember_acc", "split_digest", "attacks"):
         assert a[key] == b[key], key
