@@ -76,6 +76,34 @@ def _path_summary(wall: float, cpu: float, images: int, flops: float, peak: floa
             "share_of_matmul_peak": round(flops / wall / peak, 4)}
 
 
+def profile_batched(builder, bundle, index_sets, config, seeds, device) -> dict:
+    """Where the batched path spends its CPU time: one epoch under ``torch.profiler``, grouped
+    into convolutions (forward and backward), pooling, linear layers, the optimiser and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_models_batched(builder, len(index_sets), bundle, index_sets, config, seeds, device=device,
+                             max_group=len(index_sets))
+    groups = {"convolution": ("convolution", "conv2d", "mkldnn_conv"), "pooling": ("max_pool",),
+              "linear (bmm)": ("bmm", "baddbmm", "addmm", "mm"),
+              "optimiser (Adam)": ("sqrt", "addcdiv", "addcmul", "lerp", "_foreach"),
+              "zero fills": ("fill_", "zero_"), "relu": ("threshold", "relu", "clamp")}
+    shares: dict[str, float] = {k: 0.0 for k in groups}
+    total = 0.0
+    top = []
+    for event in prof.key_averages():
+        t = event.self_cpu_time_total
+        total += t
+        top.append((t, event.key))
+        for name, keys in groups.items():
+            if any(k in event.key for k in keys):
+                shares[name] += t
+                break
+    top.sort(reverse=True)
+    return {"shares": {k: round(v / total, 3) for k, v in shares.items()},
+            "top_ops": [{"op": k, "share": round(t / total, 3)} for t, k in top[:6]]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=32)
@@ -135,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "max_abs_logit_diff": float((a - b).abs().max()),
                        "prediction_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
 
+    result["dense"]["batched_profile"] = profile_batched(builder, bundle, index_sets, replace(config, epochs=1),
+                                                         seeds, device)
     half = max(1, args.epochs // 2)
     profile = default_sparsity_profile(builder(), 0.9)
     pruned: dict = {}
@@ -180,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"= {100 * p['share_of_matmul_peak']:.1f}% of the matmul peak")
         print(f"{part:8s} speed-up {r['speedup_wall']:.2f}x wall, {r['speedup_cpu']:.2f}x CPU; largest logit "
               f"difference {r['max_abs_logit_diff']:.1e}, argmax agreement {r['prediction_agreement']:.4f}")
+    shares = result["dense"]["batched_profile"]["shares"]
+    print("batched path, share of CPU time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
     print(f"load average {load_before[0]:.1f} -> {result['load_average_after'][0]:.1f}")
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
