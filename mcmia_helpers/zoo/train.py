@@ -180,7 +180,7 @@ def prepare_zoo(spec: ZooSpec, *, progress: bool = False,
     config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,
                          optimizer=arch_scale.optimizer, lr=arch_scale.lr,
                          weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
-                         seed=spec.seed)
+                         augment=bool(getattr(arch_scale, "augment", False)), seed=spec.seed)
     exp = ExperimentSpec(arch=spec.arch, dataset=spec.dataset, defense="none", scale=spec.scale,
                          seed=spec.seed, standin=standin, params={})
     split = _split_for(zoo_pool, membership[0], spec.seed, bundle.name_used)
@@ -288,7 +288,7 @@ def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Modu
     one atomic file per model; returns the saved entries."""
     for model in models:
         check_finite_model(model)
-    models = [m.cpu().eval() for m in models]
+    models = [m.eval() for m in models]
     logits, test_logits = _logits(setup, models)
     test_labels = setup.ctx.bundle.labels[setup.zoo_pool.test]
     folder = cache_dir() / "zoo"
@@ -309,7 +309,8 @@ def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Modu
 
 
 def _logits(setup: ZooSetup, models: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
-    bundle, device = setup.ctx.bundle, torch.device("cpu")
+    bundle, device = setup.ctx.bundle, setup.ctx.device
+    models = [m.to(device) for m in models]
     pool = predict_logits_many(list(models), bundle, setup.zoo_pool.pool, device=device)
     test = predict_logits_many(list(models), bundle, setup.zoo_pool.test, device=device)
     return pool, test
