@@ -3,6 +3,7 @@
 An :class:`ExperimentSpec` says what to run (architecture, data, defence name and parameters,
 scale, seed); :func:`prepare` turns it into a :class:`TargetContext`: the loaded data (naming
 any offline stand-in), the disjoint member/non-member split, the training recipe of the scale
+(optimiser, schedule and data augmentation: :attr:`ExperimentSpec.augment` or the scale's)
 and the device. :func:`shadow_context` gives the same recipe on other members, which is how a
 defence-aware attacker trains its shadow models. The context knows no attack and no defence:
 checking a spec's defence and attack names is the job of :mod:`mcmia_helpers.experiments`,
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mcmia_helpers.data import DatasetBundle, MIASplit, load_dataset, make_split
+from mcmia_helpers.data import (DatasetBundle, MIASplit, augmentation_recipe, load_dataset,
+                                make_split)
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import ArchScale, get_scale, split_sizes
@@ -45,6 +47,9 @@ class ExperimentSpec:
     imagenet_size: int = 64
     imagenet_classes: int | None = 100
     attacks: tuple[str, ...] | None = None
+    #: Data augmentation while training: ``None`` follows the scale's recipe (on at ``paper`` for
+    #: the 32x32 and ImageNet forms), ``True``/``False`` choose (never on for LeNet-5's digits).
+    augment: bool | None = None
 
     def validate(self) -> None:
         """Check what the context itself needs (architecture, seed, scale); one-line UserError.
@@ -57,6 +62,12 @@ class ExperimentSpec:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed {self.seed!r} is not a non-negative integer: use e.g. --seed 0")
         get_scale(self.scale)
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise UserError(f"augment {self.augment!r} is not true or false: use augment: true, "
+                            "false, or leave it out for the scale's recipe")
+        if self.augment and self.arch == "lenet5":
+            raise UserError("augmentation (random crop + flip) is for the 32x32 and ImageNet "
+                            "forms: LeNet-5 trains on digits without it (drop augment)")
 
 
 @dataclass
@@ -81,12 +92,26 @@ class TargetContext:
                            in_channels=self.bundle.in_channels, image_size=self.bundle.image_size,
                            width=self.arch_scale.width, dp_compatible=dp_compatible)
 
+    def augmentation(self) -> str:
+        """The training augmentation in words (``"none"`` when off), for records and keys."""
+        return augmentation_recipe(self.bundle.image_size, self.train_config.augment)
+
+    def data_identity(self) -> dict[str, Any]:
+        """What identifies the data and its recipe in a cache key beyond name and view: the
+        augmentation when it is on, the ImageNet tree's digest, size and classes. Empty for the
+        un-augmented torchvision datasets, so their keys are what they were."""
+        out: dict[str, Any] = dict(self.bundle.source)
+        if self.train_config.augment:
+            out["augmentation"] = self.augmentation()
+        return out
+
     def cache_config(self, **extra: Any) -> dict[str, Any]:
         """The full configuration that identifies a trained target in the cache."""
         return {"arch": self.spec.arch, "dataset": self.bundle.name_used, "view": self.bundle.view,
                 "width": self.arch_scale.width, "split_seed": self.split.seed,
                 "split_sizes": self.split.sizes(), "train": self.train_config.to_dict(),
-                "defense": self.spec.defense, "params": self.spec.params, **self.cache_extra, **extra}
+                "defense": self.spec.defense, "params": self.spec.params, **self.data_identity(),
+                **self.cache_extra, **extra}
 
 
 def arch_view(arch: str, bundle: DatasetBundle) -> DatasetBundle:
@@ -105,10 +130,11 @@ def prepare(spec: ExperimentSpec, progress: bool = False) -> TargetContext:
     bundle = arch_view(spec.arch, bundle)
     sizes = split_sizes(arch_scale.n_members).fit_to(len(bundle))
     split = make_split(len(bundle), sizes, seed=spec.seed, dataset=bundle.name_used)
+    augment = arch_scale.augment if spec.augment is None else spec.augment
     config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,
                          optimizer=arch_scale.optimizer, lr=arch_scale.lr,
                          weight_decay=arch_scale.weight_decay, schedule=arch_scale.schedule,
-                         seed=spec.seed)
+                         augment=bool(augment and spec.arch != "lenet5"), seed=spec.seed)
     return TargetContext(spec, arch_scale, bundle, split, config, get_device(), progress)
 
 

@@ -80,6 +80,9 @@ class DatasetBundle:
     std: tuple[float, ...]
     view: str = "native"
     notes: list[str] = field(default_factory=list)
+    #: What else identifies the data beyond its name and view (for ImageNet: the tree's content
+    #: digest, the size and the classes kept); part of every model's cache key and record.
+    source: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -141,15 +144,32 @@ class DatasetBundle:
             mean, std = mean * channels, std * channels
         view = f"{channels}x{image_size}x{image_size} view of {self.in_channels}x{self.image_size}x{self.image_size}"
         return DatasetBundle(images, self.labels, self.num_classes, self.name_requested,
-                             self.name_used, mean, std, view, list(self.notes))
+                             self.name_used, mean, std, view, list(self.notes), dict(self.source))
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop (pad 4) and horizontal flip on a float batch: the usual CIFAR augmentation."""
+def augment_pad(image_size: int) -> int:
+    """The crop padding of :func:`augment_batch` for ``image_size``: 4 at 32x32 (the CIFAR
+    recipe), scaled with the image (8 at 64, 28 at 224) so that the crop moves the same share."""
+    return max(1, int(image_size) // 8)
+
+
+def augmentation_recipe(image_size: int, augment: bool) -> str:
+    """The training augmentation in words, for records and cache keys: ``"none"``, or the crop
+    padding and the flip that :func:`augment_batch` applies to ``image_size`` images."""
+    if not augment:
+        return "none"
+    return f"random crop {image_size}x{image_size} from reflect-padding {augment_pad(image_size)} + horizontal flip p=0.5"
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator | None = None,
+                  pad: int | None = None) -> torch.Tensor:
+    """Random crop (reflect padding ``pad``, default :func:`augment_pad`) and horizontal flip on
+    a float batch: the usual CIFAR augmentation, scaled for larger (ImageNet) images."""
     n, _, h, w = x.shape
-    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    dy = torch.randint(0, 9, (n,), generator=generator)
+    pad = augment_pad(w) if pad is None else int(pad)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
     out = torch.empty_like(x)
     for i in range(n):
@@ -251,6 +271,25 @@ def _load_digits(image_size: int = 28) -> tuple[torch.Tensor, torch.Tensor, int]
     return images, torch.as_tensor(digits.target, dtype=torch.long), 10
 
 
+@functools.lru_cache(maxsize=8)
+def imagenet_digest(root: str | os.PathLike) -> str:
+    """A stable content digest of an ImageFolder tree (hashlib, the same in every process,
+    unlike Python's salted ``hash``): its resolved path and every file's relative path and size.
+
+    It names the decoded-tensor cache (with the size and classes) and enters every model's
+    cache key, so a tree whose files change is decoded again and its models retrain.
+    """
+    root = Path(root).expanduser().resolve()
+    h = hashlib.sha256(str(root).encode())
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            with contextlib.suppress(OSError):
+                h.update(f"\n{path.relative_to(root).as_posix()}\t{path.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int | None,
                    cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     """An ImageFolder tree (``root/train``, ``root/val``, or ``root`` itself) loaded into memory.
@@ -279,8 +318,7 @@ def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int
     from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, set_aside
 
     splits = [root / s for s in ("train", "val") if (root / s).is_dir()] or [root]
-    # A stable key (Python's hash() of a string changes with every process).
-    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    digest = imagenet_digest(root)
     cached = cache_dir / f"imagenet-{digest}-{image_size}-{classes}.pt"
     if cached.exists():
         try:
@@ -365,7 +403,12 @@ def load_dataset(name: str, *, standin: str | None = None, image_size: int | Non
         used = standin
         notes.append(f"{name} unavailable ({err}); using {standin} instead")
     mean, std = _NORMALISATION[used]
-    bundle = DatasetBundle(images, labels, num_classes, name, used, mean, std, "native", notes)
+    source = {}
+    if used == "imagenet":  # loaded, so the root exists
+        source = {"imagenet_sha256": imagenet_digest(imagenet_root or os.environ["MCMIA_IMAGENET"]),
+                  "imagenet_size": imagenet_size, "imagenet_classes": imagenet_classes}
+    bundle = DatasetBundle(images, labels, num_classes, name, used, mean, std, "native", notes,
+                           source)
     if image_size is not None or channels is not None:
         bundle = bundle.as_view(image_size or bundle.image_size, channels or bundle.in_channels)
     return bundle

@@ -21,11 +21,12 @@ import torch.nn as nn
 
 from mcmia_helpers.attacks import run_attacks, validate_attack_names
 from mcmia_helpers.context import ExperimentSpec, TargetContext, prepare
-from mcmia_helpers.data import MIASplit
+from mcmia_helpers.data import MIASplit, augmentation_recipe
 from mcmia_helpers.defences import DEFENSES
 from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import count_parameters
+from mcmia_helpers.scales import get_scale
 from mcmia_helpers.training import predict_logits
 from mcmia_helpers.version import __version__
 
@@ -99,6 +100,12 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
         "torch_threads": torch.get_num_threads(),
     }
     record.update(extra)
+    # The recipe that actually trained the target (DP-SGD trains without augmentation).
+    record["augmentation"] = augmentation_recipe(ctx.bundle.image_size,
+                                                 bool(record["train_config"].get("augment")))
+    record["dataset_source"] = dict(ctx.bundle.source)
+    scale = get_scale(spec.scale)
+    record["smoke_cap"] = scale.smoke.to_dict() if scale.smoke else None
     record["attacks"] = run_attacks(ctx, model, spec.attacks, save_scores=save_scores)
     record["history"] = history
     record["wall_time_s"] = round(time.perf_counter() - started, 3)

@@ -7,8 +7,14 @@
 ``paper``  the paper's sizes (full widths, ~10k members, long training): for a GPU.
 
 A scale fixes, per architecture, how many members the target trains on, for how many epochs,
-at which width, and how many shadow models the attacks may train. Split sizes follow from the
-member count (see :func:`split_sizes`), so every chapter and the command line agree.
+at which width, with which training recipe (optimiser, schedule, data augmentation), and how
+many shadow models the attacks may train. Split sizes follow from the member count (see
+:func:`split_sizes`), so every chapter and the command line agree.
+
+``MCMIA_SMOKE=N`` caps any scale for a smoke run (see :class:`SmokeCap`): N batches of 8 per
+epoch, one epoch, two shadow and two LiRA models, at the scale's own widths, optimiser, learning
+rate, schedule and augmentation. It is how the ``paper`` grid is exercised end to end on a CPU; the
+cap is in every record, and in every model's cache key through the member count and epochs.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ class ArchScale:
     schedule: str = "none"
     n_shadow_models: int = 2
     n_lira_models: int = 8
+    #: Random crop (padding ``image_size // 8``) and horizontal flip while training (see
+    #: :func:`mcmia_helpers.data.augmentation_recipe`); never for LeNet-5's digits.
+    augment: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +55,8 @@ class Scale:
 
     name: str
     archs: dict[str, ArchScale] = field(default_factory=dict)
+    #: The smoke cap applied to ``archs`` (``MCMIA_SMOKE``), or ``None`` for the real sizes.
+    smoke: "SmokeCap | None" = None
 
     def for_arch(self, arch: str) -> ArchScale:
         """The sizes for ``arch`` at this scale."""
@@ -55,6 +66,8 @@ class Scale:
 
 
 _SGD = dict(optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")
+# The standard CIFAR/ImageNet recipe: SGD with a cosine schedule *and* random crop + flip.
+_PAPER_RECIPE = dict(_SGD, augment=True)
 
 _TABLE: dict[str, dict[str, ArchScale]] = {
     "ci": {
@@ -80,21 +93,71 @@ _TABLE: dict[str, dict[str, ArchScale]] = {
     "paper": {
         "lenet5": ArchScale(n_members=10000, epochs=50, width=1.0, n_shadow_models=8, n_lira_models=64),
         "vgg16": ArchScale(n_members=10000, epochs=100, width=1.0, batch_size=128, n_shadow_models=4,
-                           n_lira_models=64, **_SGD),
+                           n_lira_models=64, **_PAPER_RECIPE),
         "mobilenetv2": ArchScale(n_members=10000, epochs=100, width=1.0, batch_size=128, n_shadow_models=4,
-                                 n_lira_models=64, **_SGD),
+                                 n_lira_models=64, **_PAPER_RECIPE),
         "resnet18": ArchScale(n_members=10000, epochs=100, width=1.0, batch_size=128, n_shadow_models=4,
-                              n_lira_models=64, **_SGD),
+                              n_lira_models=64, **_PAPER_RECIPE),
     },
 }
 
 
+#: Environment variable that turns on the smoke cap (see :class:`SmokeCap`).
+SMOKE_ENV = "MCMIA_SMOKE"
+
+
+@dataclass(frozen=True)
+class SmokeCap:
+    """A hard cap on a scale's cost, for smoke runs of the ``paper`` grid on a CPU.
+
+    Each architecture keeps its width, optimiser, learning rate, weight decay, schedule and
+    augmentation (the recipe is what a smoke run checks), but trains with batches of at most
+    ``batch_size`` on ``batches x batch_size`` members (so every epoch is ``batches`` steps,
+    and every pool of the split is as small), for ``epochs`` epoch(s), with at most ``models``
+    shadow and LiRA models each. ``MCMIA_SMOKE=N`` sets ``batches=N``. (A full-width ResNet18
+    step on 128 images costs about 0.2 TFLOP: at the paper's batch size one smoke cell takes
+    minutes on a 2-core CPU, at 8 seconds.)
+    """
+
+    batches: int = 2
+    epochs: int = 1
+    models: int = 2
+    batch_size: int = 8
+
+    def apply(self, arch_scale: ArchScale) -> ArchScale:
+        """``arch_scale`` under this cap."""
+        batch = min(arch_scale.batch_size, self.batch_size)
+        return replace(arch_scale, batch_size=batch,
+                       n_members=min(arch_scale.n_members, self.batches * batch),
+                       epochs=min(arch_scale.epochs, self.epochs),
+                       n_shadow_models=min(arch_scale.n_shadow_models, self.models),
+                       n_lira_models=min(arch_scale.n_lira_models, self.models))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def smoke_cap() -> SmokeCap | None:
+    """The cap that ``MCMIA_SMOKE`` asks for (a positive number of batches per epoch), or ``None``
+    when it is unset, empty or ``0``; anything else is a one-line :class:`UserError`."""
+    text = os.environ.get(SMOKE_ENV, "").strip()
+    if text in ("", "0"):
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise UserError(f"{SMOKE_ENV}={text!r} is not a number of batches per epoch in [1, 1000]: "
+                        f"use e.g. {SMOKE_ENV}=2 (or unset it for the real sizes)")
+    return SmokeCap(batches=int(text))
+
+
 def get_scale(name: str | None = None) -> Scale:
-    """The scale called ``name``, or the one in ``MCMIA_SCALE`` (default ``ci``)."""
+    """The scale called ``name``, or the one in ``MCMIA_SCALE`` (default ``ci``), capped by
+    ``MCMIA_SMOKE`` when that is set (see :class:`SmokeCap`)."""
     name = name or os.environ.get("MCMIA_SCALE", "ci")
     if name not in _TABLE:
         raise UserError(f"unknown scale '{name}': set MCMIA_SCALE or --scale to one of {', '.join(SCALES)}")
-    return Scale(name=name, archs=dict(_TABLE[name]))
+    cap = smoke_cap()
+    archs = dict(_TABLE[name]) if cap is None else {a: cap.apply(s) for a, s in _TABLE[name].items()}
+    return Scale(name=name, archs=archs, smoke=cap)
 
 
 @dataclass(frozen=True)

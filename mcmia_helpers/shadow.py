@@ -61,7 +61,7 @@ from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, set_
 from mcmia_helpers.models import BasicBlock, _InvertedResidual
 from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, check_finite_model, config_key,
                                     epoch_seed, fit, get_device, make_optimizer, make_scheduler,
-                                    predict_logits)
+                                    predict_logits, query_precision)
 
 ArchBuilder = Callable[[], nn.Module]
 
@@ -156,8 +156,8 @@ class GroupedNet:
                     m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=gen))
                     m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
         params, buffers = stack_states([probe])
-        try:
-            with torch.no_grad():
+        try:  # compared in float32, even inside a caller's autocast region
+            with torch.no_grad(), torch.autocast(device_type=example.device.type, enabled=False):
                 expected = probe(example)
                 got = [net.forward(params, buffers, example, training=False)[0],
                        net.forward(params, buffers, example.unsqueeze(0), training=False)[0]]
@@ -430,7 +430,8 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
 def predict_logits_many(models: Sequence[nn.Module], bundle: DatasetBundle, indices: torch.Tensor,
                         *, batch_size: int = 512, device: torch.device | None = None,
                         max_group: int = 32) -> torch.Tensor:
-    """Logits of every model on the same ``indices``: a float32 CPU tensor ``(M, N, K)``.
+    """Logits of every model on the same ``indices``: a float32 CPU tensor ``(M, N, K)``, computed
+    in float32 (see :func:`~mcmia_helpers.training.query_precision`).
 
     Models of a supported architecture run together (``max_group`` at a time) as one grouped
     network in eval mode; any other architecture runs model by model through
@@ -453,7 +454,7 @@ def predict_logits_many(models: Sequence[nn.Module], bundle: DatasetBundle, indi
         out = []
         for first in range(0, len(indices), batch_size):
             x, _ = bundle.batch(indices[first:first + batch_size])
-            with _autocast(device, True):
+            with query_precision(device):  # float32: attacks read these logits
                 out.append(net.forward(params, buffers, x.to(device), training=False).float().cpu())
         groups.append(torch.cat(out, dim=1) if out else torch.empty(len(chunk), 0, bundle.num_classes))
     return torch.cat(groups)

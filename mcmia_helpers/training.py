@@ -172,17 +172,32 @@ def _autocast(device: torch.device, enabled: bool):
                           enabled=enabled and device.type == "cuda")
 
 
+def query_precision(device: torch.device):
+    """The context of every query an attack or a utility measure makes: autocast off (float32).
+
+    Training may run under bfloat16 autocast (:class:`TrainConfig` ``amp``); queries must not,
+    or LiRA's statistics are rounded. Turning autocast off explicitly also overrides an autocast
+    region the caller may be in (a defence that queries while it trains).
+    """
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
                    batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
-    """The model's logits for ``indices``, in order, as a float32 CPU tensor."""
+    """The model's logits for ``indices``, in order, as a float32 CPU tensor.
+
+    Computed in float32 (:func:`query_precision`), even inside a caller's autocast region:
+    every attack and utility measure reads these logits, and bfloat16 would round them (steps of
+    0.0625 for |z| in [8, 16)) exactly in the low-FPR tail that LiRA measures.
+    """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(indices), batch_size):
         x, _ = bundle.batch(indices[start:start + batch_size])
-        with _autocast(device, True):
+        with query_precision(device):
             out.append(model(x.to(device)).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, bundle.num_classes)

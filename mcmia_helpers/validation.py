@@ -112,6 +112,7 @@ def grid_schema() -> dict[str, Any]:
             "imagenet_size": {"type": "integer", "minimum": IMAGENET_SIZE[0], "maximum": IMAGENET_SIZE[1]},
             "imagenet_classes": {"type": "integer", "minimum": IMAGENET_CLASSES[0],
                                  "maximum": IMAGENET_CLASSES[1]},
+            "augment": {"type": "boolean"},
             "defenses": {"type": "array", "minItems": 1, "items": defence},
         },
     }

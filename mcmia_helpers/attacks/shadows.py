@@ -29,9 +29,12 @@ def attacker_builder(ctx: TargetContext) -> Callable[[], nn.Module]:
 
 
 def attacker_cache_config(ctx: TargetContext) -> dict[str, Any]:
-    """What identifies the attacker's models in the cache besides their members and seeds."""
+    """What identifies the attacker's models in the cache besides their members, seeds and
+    training configuration (the target's recipe, augmentation included: see
+    :meth:`~mcmia_helpers.context.TargetContext.data_identity`)."""
     return {"arch": ctx.spec.arch, "dataset": ctx.bundle.name_used, "view": ctx.bundle.view,
-            "width": ctx.arch_scale.width, "num_classes": ctx.bundle.num_classes}
+            "width": ctx.arch_scale.width, "num_classes": ctx.bundle.num_classes,
+            **ctx.data_identity()}
 
 
 def attacker_seed(ctx: TargetContext, role: int) -> int:
