@@ -33,7 +33,7 @@ def test_expand_lists_into_cells() -> None:
     assert "--seed 1" in command
 
 
-def test_grid_resumes_after_an_interrupt(tmp_path, monkeypatch) -> None:
+def test_grid_resumes_after_an_interrupt_between_cells(tmp_path, monkeypatch) -> None:
     config = tmp_path / "grid.yaml"
     config.write_text(TINY)
     out = tmp_path / "results.jsonl"
@@ -43,7 +43,7 @@ def test_grid_resumes_after_an_interrupt(tmp_path, monkeypatch) -> None:
     def flaky(spec):
         calls.append(grid_runner.cell_id(spec))
         if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the third cell
+            raise KeyboardInterrupt  # Ctrl-C as the third cell starts (inside a cell: test_grid_commands.py)
         return real_run(spec)
 
     monkeypatch.setattr(grid_runner, "run_experiment", flaky)
