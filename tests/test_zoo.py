@@ -1,8 +1,8 @@
 """Model zoos (issue 16): membership, resume, leave-one-out bookkeeping, leakage, canaries, CLI.
 
 One ci zoo (8 LeNet-5 models on a 1,000-example pool with 100 canaries) is trained once per
-module, in a private cache, by a run that is killed after its first group of models and then
-resumed; every test reads that zoo (and a 4-model pruned zoo built on its first models).
+module, in a private cache, by a run that is killed while training its second group of models
+and then resumed; every test reads that zoo (and a 4-model pruned zoo built on its first models).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from mcmia_helpers import cli, metrics
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.zoo import (ZooSpec, attack_zoo, membership_matrix, prepare_zoo,
                                random_membership, run_zoo, train_zoo, zoo_metrics)
+from mcmia_helpers.zoo import grouped as zoo_grouped
 from mcmia_helpers.zoo import train as zoo_train
 from mcmia_helpers.zoo.evaluate import example_exposure, paired_difference
 from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched
@@ -29,7 +30,7 @@ PRUNE = {"pruning": "admm", "sparsity": 0.9}
 
 @pytest.fixture(scope="module")
 def zoo_run(tmp_path_factory):
-    """The ci dense zoo: a first run killed while training its second group of 4 models, then
+    """The ci dense zoo: a first run killed in epoch 6 of its second group of 4 models, then
     ``run_zoo`` (which resumes it), then the 4-model ADMM-pruned zoo on the same halves."""
     cache = tmp_path_factory.mktemp("zoo-cache")
     out = tmp_path_factory.mktemp("zoo-out")
@@ -37,21 +38,25 @@ def zoo_run(tmp_path_factory):
         mp.setenv("MCMIA_CACHE", str(cache))
         spec = ZooSpec("lenet5", "fashion-mnist", scale="ci")
         setup = prepare_zoo(spec)
-        real, calls = zoo_train.train_models_batched, []
+        epochs = setup.ctx.train_config.epochs
+        real, saves = zoo_grouped.save_checkpoint, []
 
-        def killed_in_second_group(*args, **kwargs):
-            calls.append(len(args[3]))
-            if len(calls) == 2:
-                raise KeyboardInterrupt  # as a Ctrl-C while the second group trains
-            return real(*args, **kwargs)
+        def killed_in_second_group(path, state):
+            real(path, state)
+            saves.append(int(state["epoch"]))
+            if len(saves) == epochs + 5:
+                raise KeyboardInterrupt  # as a Ctrl-C in epoch 6 of the second group
 
-        mp.setattr(zoo_train, "train_models_batched", killed_in_second_group)
+        mp.setattr(zoo_grouped, "save_checkpoint", killed_in_second_group)
         with pytest.raises(KeyboardInterrupt):
             train_zoo(setup, "none", {}, group_size=4)
-        mp.setattr(zoo_train, "train_models_batched", real)
         after_kill = {p.name: p.stat().st_mtime_ns for p in (cache / "zoo").glob("*.pt")}
+        resumed_saves = []
+        mp.setattr(zoo_grouped, "save_checkpoint",
+                   lambda path, state: (real(path, state), resumed_saves.append(int(state["epoch"]))))
         record = run_zoo(spec, ATTACKS + ",lira_online_aware", group_size=4, setup=setup,
                          save_scores=out / "dense.npz")
+        mp.setattr(zoo_grouped, "save_checkpoint", real)
         dense = train_zoo(setup, "none", {})
         pruned_spec = ZooSpec("lenet5", "fashion-mnist", scale="ci", defense="prune",
                               params=dict(PRUNE), n_models=4)
@@ -59,7 +64,8 @@ def zoo_run(tmp_path_factory):
         pruned_record = run_zoo(pruned_spec, "lira_online,lira_online_aware,loss",
                                 setup=pruned_setup)
         pruned = train_zoo(pruned_setup, "prune", pruned_spec.normalised_params())
-        yield SimpleNamespace(cache=cache, out=out, spec=spec, setup=setup, calls=calls,
+        yield SimpleNamespace(cache=cache, out=out, spec=spec, setup=setup, saves=saves,
+                              resumed_saves=resumed_saves, epochs=epochs,
                               after_kill=after_kill, record=record, dense=dense,
                               pruned_setup=pruned_setup, pruned_record=pruned_record,
                               pruned=pruned, pruned_spec=pruned_spec)
@@ -142,12 +148,29 @@ def test_batched_pruning_and_continued_training_match_one_model_at_a_time(zoo_ru
 
 
 def test_killed_zoo_resumes_training_only_the_missing_models(zoo_run) -> None:
-    assert zoo_run.calls == [4, 4]  # the first group finished, the second was killed
-    assert len(zoo_run.after_kill) == 4
+    epochs = zoo_run.epochs
+    assert zoo_run.saves == list(range(epochs)) + list(range(5))  # group 1 done, group 2 killed
+    models = [n for n in zoo_run.after_kill if not n.startswith("group-")]
+    checkpoints = [n for n in zoo_run.after_kill if n.startswith("group-")]
+    assert len(models) == 4 and len(checkpoints) == 1
+    # The rerun trained only the 4 missing models, from the epoch after the last one saved.
     assert zoo_run.record["training"]["zoo"] | {"seconds": 0} == {"cached": 4, "trained": 4, "seconds": 0}
+    assert zoo_run.resumed_saves == list(range(5, epochs))
     now = {p.name: p.stat().st_mtime_ns for p in (zoo_run.cache / "zoo").glob("*.pt")}
-    assert all(now[name] == mtime for name, mtime in zoo_run.after_kill.items())  # never rewritten
+    assert all(now[name] == zoo_run.after_kill[name] for name in models)  # never rewritten
+    assert not [n for n in now if n.startswith("group-")]  # checkpoints dropped once saved
     assert len(now) == 8 + 4  # 8 dense, 4 pruned
+    # The resumed models are the ones an uninterrupted run trains.
+    setup = zoo_run.setup
+    group = [4, 5, 6, 7]
+    fresh = zoo_grouped.train_new_models(zoo_train._builder(setup), setup.ctx.bundle,
+                                         [setup.zoo_pool.pool[setup.membership[i]] for i in group],
+                                         setup.ctx.train_config, setup.seeds(8)[4:],
+                                         torch.device("cpu"))
+    from mcmia_helpers.shadow import predict_logits_many
+
+    logits = predict_logits_many(fresh, setup.ctx.bundle, setup.zoo_pool.pool)
+    assert torch.allclose(logits, zoo_run.dense.logits[4:], atol=1e-5)
 
 
 def test_a_cached_zoo_is_not_trained_again(zoo_run) -> None:

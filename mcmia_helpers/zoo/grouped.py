@@ -26,7 +26,8 @@ hook and an epoch hook) through which the pruning state acts on the stacked weig
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.defences.compression import compression_report, prunable_layers
 from mcmia_helpers.defences.pruning import ADMMSettings, n_pruned
+from mcmia_helpers.io import atomic_torch_save, check_or_set_aside, load_verified
 from mcmia_helpers.shadow import GroupedNet, grouped_net_for, stack_states, unstack_into
 from mcmia_helpers.training import (TrainConfig, _autocast, epoch_seed, fit, make_optimizer,
                                     make_scheduler)
@@ -52,20 +54,50 @@ class GroupHooks:
     def epoch_end(self, epoch: int, params: dict[str, torch.Tensor]) -> None:
         pass
 
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """One group's epoch checkpoint, written atomically with its digest."""
+    atomic_torch_save(state, path)
+
 
 def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                   bundle: DatasetBundle, index_sets: Sequence[torch.Tensor], config: TrainConfig,
-                  seeds: Sequence[int], device: torch.device, hooks: GroupHooks | None = None) -> None:
+                  seeds: Sequence[int], device: torch.device, hooks: GroupHooks | None = None,
+                  checkpoint: Path | None = None) -> None:
     """One training phase of ``M`` stacked models in place (equal-size index sets): the loop of
     the grouped engine (summed per-model mean cross-entropies, one optimiser on the stacked
-    tensors, model ``m`` shuffled by its own ``epoch_seed(seeds[m], epoch)``), plus ``hooks``."""
+    tensors, model ``m`` shuffled by its own ``epoch_seed(seeds[m], epoch)``), plus ``hooks``.
+
+    With ``checkpoint`` the whole group (weights, buffers, optimiser, schedule, the hooks' state)
+    is saved atomically after every epoch, and a killed phase resumes from its last finished
+    epoch with the same result; a damaged checkpoint is set aside (the phase starts afresh).
+    """
     hooks = hooks or GroupHooks()
     n_models = len(index_sets)
     optimizer = make_optimizer(list(params.values()), config)
     scheduler = make_scheduler(optimizer, config)
     index_sets = [torch.as_tensor(idx, dtype=torch.long) for idx in index_sets]
     n = len(index_sets[0])
-    for epoch in range(config.epochs):
+    start_epoch = 0
+    if checkpoint is not None and check_or_set_aside(checkpoint, "training the group from epoch 0"):
+        state, _ = load_verified(checkpoint, map_location=device)
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(state["params"][k])
+            for k, v in buffers.items():
+                v.copy_(state["buffers"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        hooks.load_state_dict(state.get("hooks", {}))
+        start_epoch = int(state["epoch"]) + 1
+    for epoch in range(start_epoch, config.epochs):
         gens = [torch.Generator().manual_seed(epoch_seed(s, epoch)) for s in seeds]
         orders = torch.stack([idx[torch.randperm(n, generator=g)] for idx, g in zip(index_sets, gens)])
         for start in range(0, n, config.batch_size):
@@ -91,6 +123,13 @@ def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dic
         if scheduler is not None:
             scheduler.step()
         hooks.epoch_end(epoch, params)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "params": {k: v.detach().cpu() for k, v in params.items()},
+                "buffers": {k: v.detach().cpu() for k, v in buffers.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "hooks": hooks.state_dict(), "epoch": epoch})
 
 
 def project_rows(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -133,6 +172,17 @@ class StackedADMM(GroupHooks):
 
     def hard_masks(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: project_rows(params[k], s) for k, s in self.targets.items()}
+
+    def state_dict(self) -> dict:
+        return {"Z": {k: v.cpu() for k, v in self.Z.items()},
+                "U": {k: v.cpu() for k, v in self.U.items()}, "rho": self.rho}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            device = next(iter(self.Z.values())).device if self.Z else None
+            self.Z = {k: v.to(device) for k, v in state["Z"].items()}
+            self.U = {k: v.to(device) for k, v in state["U"].items()}
+            self.rho = float(state["rho"])
 
 
 class StackedMasks(GroupHooks):
@@ -179,14 +229,17 @@ def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
                          index_sets: Sequence[torch.Tensor], config: TrainConfig,
                          seeds: Sequence[int], method: str, sparsity: float | Mapping[str, float], *,
                          admm_epochs: int, retrain_epochs: int, settings: ADMMSettings,
-                         device: torch.device) -> list[dict[str, Any]] | None:
+                         device: torch.device,
+                         checkpoint: Path | None = None) -> list[dict[str, Any]] | None:
     """Prune trained dense ``models`` in place, all together, and retrain each on its members.
 
     ``method`` is ``admm`` (``sparsity`` a ``{layer: s}`` profile) or ``magnitude`` (one number:
     one global threshold per model; a mapping: per layer). Returns one info dict per model
     (method, epochs, ``rho`` schedule, achieved sparsity), or ``None`` when the grouped network
     does not support the architecture or the index sets differ in size (the caller then prunes
-    one model at a time, with the same result).
+    one model at a time, with the same result). ``checkpoint`` (a path) makes every phase
+    resumable (files ``<checkpoint>.admm.pt`` and ``<checkpoint>.retrain.pt``, see
+    :func:`train_stacked`; the caller deletes them once the models are saved).
     """
     net = grouped_net_for(models[0], bundle)
     if net is None or len({len(i) for i in index_sets}) != 1 or method not in ("admm", "magnitude"):
@@ -207,7 +260,7 @@ def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
         admm = StackedADMM(params, sparsity, settings.rho_init, growth, settings.rho_max)
         if admm_epochs > 0:
             train_stacked(net, params, buffers, bundle, index_sets, replace(config, epochs=admm_epochs),
-                          seeds, device, admm)
+                          seeds, device, admm, phase_path(checkpoint, "admm"))
         masks = {f"{layer}.weight": torch.ones_like(params[f"{layer}.weight"], dtype=torch.bool)
                  for layer in layers}
         masks.update(admm.hard_masks(params))
@@ -222,7 +275,7 @@ def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
     keeper.after_step(params)  # the first batch already sees the pruned models
     if phase_epochs > 0:
         train_stacked(net, params, buffers, bundle, index_sets, replace(config, epochs=phase_epochs),
-                      seeds, device, keeper)
+                      seeds, device, keeper, phase_path(checkpoint, "retrain"))
     unstack_into(models, params, buffers)
     shape = (bundle.in_channels, bundle.image_size, bundle.image_size)
     out = []
@@ -234,9 +287,38 @@ def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
     return out
 
 
+def phase_path(checkpoint: Path | None, phase: str) -> Path | None:
+    """The checkpoint file of one phase next to ``checkpoint`` (``None`` stays ``None``)."""
+    return None if checkpoint is None else Path(f"{checkpoint}.{phase}.pt")
+
+
+def train_new_models(builder: Callable[[], nn.Module], bundle: DatasetBundle,
+                     index_sets: Sequence[torch.Tensor], config: TrainConfig, seeds: Sequence[int],
+                     device: torch.device, checkpoint: Path | None = None) -> list[nn.Module] | None:
+    """New models, model ``m`` built under ``torch.manual_seed(seeds[m])``, trained together as
+    :func:`~mcmia_helpers.shadow.train_models_batched` trains them (the same loop), with epoch
+    checkpoints of the whole group (see :func:`train_stacked`). ``None`` where the grouped
+    network does not support the architecture or the index sets differ in size."""
+    models = []
+    for seed in seeds:
+        torch.manual_seed(int(seed))
+        models.append(builder())
+    net = grouped_net_for(models[0], bundle)
+    if net is None or len({len(i) for i in index_sets}) != 1:
+        return None
+    for model in models:
+        model.to(device)
+    params, buffers = _stacked(models, device)
+    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device,
+                  checkpoint=phase_path(checkpoint, "train"))
+    unstack_into(models, params, buffers)
+    return models
+
+
 def continue_training(models: list[nn.Module], bundle: DatasetBundle,
                       index_sets: Sequence[torch.Tensor], config: TrainConfig, seeds: Sequence[int],
-                      device: torch.device, progress: bool = False) -> None:
+                      device: torch.device, progress: bool = False,
+                      checkpoint: Path | None = None) -> None:
     """Train already-trained ``models`` on for ``config.epochs`` (a fresh optimiser, model ``m``
     with ``replace(config, seed=seeds[m])``): together when the grouped network supports the
     architecture and the index sets have one size, else one by one with
@@ -249,5 +331,6 @@ def continue_training(models: list[nn.Module], bundle: DatasetBundle,
     for model in models:
         model.to(device)
     params, buffers = _stacked(models, device)
-    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device)
+    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device,
+                  checkpoint=phase_path(checkpoint, "continue"))
     unstack_into(models, params, buffers)

@@ -6,10 +6,11 @@ view, width, training configuration with the model's own seed, defence and its p
 and hashes of its members, the pool and the pool's labels), holding its weights, its logits
 on the whole pool and its test accuracy. So
 
-* a killed zoo resumes: what was saved stays, only the missing models train (a dense zoo
-  trains in groups of ``group_size`` on the grouped engine and loses at most the group in
-  training; a zoo trained one model at a time loses at most that model, and the defence
-  trainers' own epoch checkpoints keep even that);
+* a killed zoo resumes: what was saved stays, only the missing models train. Models trained
+  together (dense, dense-long and pruned zoos, in groups of ``group_size`` on the grouped
+  engine) checkpoint the whole group after every epoch (:func:`group_checkpoint`), so a kill
+  loses at most the epoch in training; models trained one at a time (Min-Max, DP-SGD,
+  iterative pruning) resume from their defence trainer's own epoch checkpoints;
 * a zoo with more models reuses the first ones (their members and seeds do not depend on N);
 * the zoo of a defence reuses the dense zoo's halves and seeds: model ``i`` of every zoo trains
   on row ``i`` of one membership matrix, initialised and shuffled with seed
@@ -36,6 +37,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,7 +55,7 @@ from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
 from mcmia_helpers.shadow import predict_logits_many, train_models_batched
 from mcmia_helpers.training import TrainConfig, cache_dir, check_finite_model, config_key, get_device
-from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched
+from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched, train_new_models
 from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw_pool,
                                           labelled_bundle, membership_matrix, model_seed)
 
@@ -308,6 +310,17 @@ def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Modu
     return out
 
 
+def group_checkpoint(keys: Sequence[str]) -> Path:
+    """Where a group of zoo models trained together keeps its epoch checkpoints (a prefix: one
+    file per phase), named by the group's model keys."""
+    return cache_dir() / "zoo" / f"group-{config_key({'zoo_group': list(keys)})}"
+
+
+def _drop_checkpoints(prefix: Path) -> None:
+    for path in prefix.parent.glob(prefix.name + ".*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def _logits(setup: ZooSetup, models: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     bundle, device = setup.ctx.bundle, setup.ctx.device
     models = [m.to(device) for m in models]
@@ -386,20 +399,26 @@ def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list
         group = missing[start:start + max(1, group_size)]
         index_sets = [pool[setup.membership[i]] for i in group]
         seeds = [model_seed(setup.spec.seed, i) for i in group]
+        checkpoint = group_checkpoint([keys[i] for i in group])
         if defense == "none":
-            models = train_models_batched(_builder(setup), len(group), ctx.bundle, index_sets,
-                                          ctx.train_config, seeds, device=ctx.device,
-                                          progress=progress, max_group=len(group))
+            models = train_new_models(_builder(setup), ctx.bundle, index_sets, ctx.train_config,
+                                      seeds, ctx.device, checkpoint)
+            if models is None:  # an architecture the grouped network does not run: fit each
+                models = train_models_batched(_builder(setup), len(group), ctx.bundle, index_sets,
+                                              ctx.train_config, seeds, device=ctx.device,
+                                              progress=progress, max_group=len(group))
             extra: dict[str, Any] = {"epochs": ctx.train_config.epochs}
         else:
             models = dense_models(setup, group, group_size=group_size, progress=progress)
             config = replace(ctx.train_config, epochs=long_epochs(ctx.train_config))
-            continue_training(models, ctx.bundle, index_sets, config, seeds, ctx.device, progress)
+            continue_training(models, ctx.bundle, index_sets, config, seeds, ctx.device, progress,
+                              checkpoint)
             extra = {"epochs": ctx.train_config.epochs + config.epochs,
                      "continued_epochs": config.epochs}
         saved = _save_entries(setup, [keys[i] for i in group], models, seeds, extra)
         for i, blob in zip(group, saved):
             entries[i] = blob
+        _drop_checkpoints(checkpoint)
 
 
 def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], keys: list[str],
@@ -422,16 +441,18 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
         group = missing[start:start + max(1, group_size)]
         models = dense_models(setup, group, group_size=group_size, progress=progress)
         seeds = [model_seed(setup.spec.seed, i) for i in group]
+        checkpoint = group_checkpoint([keys[i] for i in group])
         infos = prune_models_batched(models, ctx.bundle, [pool[setup.membership[i]] for i in group],
                                      ctx.train_config, seeds, method, sparsity, admm_epochs=epochs,
                                      retrain_epochs=epochs, settings=ADMMSettings(),
-                                     device=ctx.device)
+                                     device=ctx.device, checkpoint=checkpoint)
         if infos is None:
             _train_one_by_one(setup, "prune", params, group, keys, entries, progress)
             continue
         for i, model, seed, info in zip(group, models, seeds, infos):
             (entries[i],) = _save_entries(setup, [keys[i]], [model], [seed],
                                           {**info, "pruning": method, "sparsity": params["sparsity"]})
+        _drop_checkpoints(checkpoint)
 
 
 def _train_one_by_one(setup: ZooSetup, defense: str, params: dict[str, Any], missing: list[int],
