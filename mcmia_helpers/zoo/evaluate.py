@@ -26,7 +26,11 @@ Metrics (:func:`zoo_metrics`), for all examples, the ordinary ones and the canar
 per target (AUC, advantage, TPR at 1% / 0.1% / 0.01% FPR, calibrated and oracle accuracy),
 their mean over targets with a Student-t interval, and the same metrics *pooled* over all
 (target, example) pairs with a 95% interval from a bootstrap over targets (the scores of one
-target share one model and are not independent, so targets, not pairs, are resampled).
+target share one model and are not independent, so targets, not (target, example) pairs, are
+resampled). The two targets of a complementary pair are dependent too (complementary members,
+the same shadow models), so the unit of both intervals is the pair of targets: the bootstrap
+resamples pairs, and the Student-t interval is that of the pairs' means (its mean is the mean
+over targets).
 :func:`paired_difference` compares two zoos target by target on the same examples;
 :func:`example_exposure` gives each example's exposure under a zoo (chapter 6).
 """
@@ -200,11 +204,26 @@ def _pooled_arrays(zs: ZooScores, cols: np.ndarray):
     return s, m, predicted
 
 
-def _bootstrap_weights(n_targets: int, n_cols: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """``(B, N)`` counts of each target in each bootstrap resample of the targets."""
+def _bootstrap_weights(n_targets: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """``(B, N)`` counts of each target in each bootstrap resample.
+
+    The resampled unit is the *pair* of targets ``(2k, 2k + 1)`` (each target alone when ``N`` is
+    odd): the two models of a pair train on complementary halves of the pool and are scored with
+    the same shadow models (both leave the pair out), so their scores are strongly dependent
+    (negatively correlated across examples); resampling them apart would understate the spread.
+    """
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_targets, size=(n_bootstrap, n_targets))
-    return np.stack([np.bincount(d, minlength=n_targets) for d in draws]).astype(np.float64)
+    paired = n_targets % 2 == 0
+    n_units = n_targets // 2 if paired else n_targets
+    draws = rng.integers(0, n_units, size=(n_bootstrap, n_units))
+    counts = np.stack([np.bincount(d, minlength=n_units) for d in draws]).astype(np.float64)
+    return np.repeat(counts, 2, axis=1) if paired else counts
+
+
+def _unit_means(values: np.ndarray) -> np.ndarray:
+    """Per-target values averaged within each pair of targets (the independent units)."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(-1, 2).mean(1) if len(values) % 2 == 0 else values
 
 
 def _pooled_boot(s: np.ndarray, m: np.ndarray, predicted: np.ndarray | None,
@@ -239,7 +258,8 @@ def zoo_metrics(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200, seed
     "mean_over_targets": {key: {"mean", "low", "high"}}, "n_pooled_members",
     "n_pooled_nonmembers", "n_targets", "n_examples", "n_bootstrap", "threshold_kind"}``, or
     ``None`` when the subset is empty or some target has no member (or no non-member) in it.
-    The pooled interval resamples targets (see the module docstring); the mean's is Student-t.
+    The pooled interval resamples pairs of targets (see the module docstring); the mean's is a
+    Student-t interval over the pairs' means.
     """
     cols = _subset_columns(zs, subset)
     s, m, predicted = _pooled_arrays(zs, cols)
@@ -250,7 +270,7 @@ def zoo_metrics(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200, seed
     pooled: dict = {k: _value(point[k][0]) for k in SUMMARY_KEYS}
     ci: dict = {}
     if n_bootstrap > 0:
-        boot = _pooled_boot(s, m, predicted, _bootstrap_weights(n_targets, s.shape[1], n_bootstrap, seed))
+        boot = _pooled_boot(s, m, predicted, _bootstrap_weights(n_targets, n_bootstrap, seed))
         for k in SUMMARY_KEYS:
             finite = boot[k][np.isfinite(boot[k])]
             ci[k] = [float(v) for v in np.percentile(finite, [2.5, 97.5])] if finite.size else None
@@ -259,7 +279,7 @@ def zoo_metrics(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200, seed
     means = {}
     for k in SUMMARY_KEYS:
         if np.isfinite(per[k]).any():
-            mean, low, high = mean_interval(per[k], bounds=(0.0, 1.0))
+            mean, low, high = mean_interval(_unit_means(per[k]), bounds=(0.0, 1.0))
             means[k] = {"mean": mean, "low": low, "high": high}
         else:
             means[k] = None
@@ -267,6 +287,7 @@ def zoo_metrics(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200, seed
             "mean_over_targets": means, "n_pooled_members": int(m.sum()),
             "n_pooled_nonmembers": int((1 - m).sum()), "n_targets": n_targets,
             "n_examples": int(cols.sum()), "n_bootstrap": int(n_bootstrap),
+            "interval_unit": "pair of targets" if n_targets % 2 == 0 else "target",
             "threshold_kind": "oracle only" if predicted is None else "calibrated on shadow models"}
 
 
@@ -294,7 +315,7 @@ def paired_difference(a: ZooScores, b: ZooScores, subset: str = "all", n_bootstr
         arrays.append((s[:n], m[:n], None if p is None else p[:n]))
     if cols.sum() == 0 or not _can_score(arrays[0][1]):
         return None
-    counts = np.vstack([np.ones((1, n)), _bootstrap_weights(n, int(cols.sum()), n_bootstrap, seed)])
+    counts = np.vstack([np.ones((1, n)), _bootstrap_weights(n, n_bootstrap, seed)])
     boots = [_pooled_boot(s, m, p, counts) for s, m, p in arrays]
     pers = [_per_target(s, m, p) for s, m, p in arrays]
     out: dict = {"a": a.target_zoo + f" ({a.attack})", "b": b.target_zoo + f" ({b.attack})",
@@ -307,7 +328,7 @@ def paired_difference(a: ZooScores, b: ZooScores, subset: str = "all", n_bootstr
         if rest.size:
             entry["pooled_ci95"] = [float(v) for v in np.percentile(rest, [2.5, 97.5])]
         if np.isfinite(per).any():
-            mean, low, high = mean_interval(per)
+            mean, low, high = mean_interval(_unit_means(per))
             entry["mean_over_targets"] = {"mean": mean, "low": low, "high": high}
         out[k] = entry
     return out
