@@ -32,14 +32,27 @@ def test_ci_grid_runs_all_four_architectures(tmp_path) -> None:
     out = tmp_path / "ci.jsonl"
     grid = grid_runner.load_grid(CONFIGS / "ci.yaml")
     grid_runner.run_grid(grid, out, progress=False)
-    records = grid_runner.read_records(out)
-    assert len(records) == len(list(grid_runner.expand(grid)))
+    check_ci_records(grid_runner.read_records(out), grid)
+
+
+def check_ci_records(records: list[dict], grid: dict) -> None:
+    """What every ci cell must show (measured on one run, seed 0: test accuracy 0.31-0.80; the
+    undefended targets' loss-attack AUC 0.58-0.64 with intervals from 0.55 up; compression
+    7.2-9.7x; DP at epsilon 4.00)."""
+    specs = list(grid_runner.expand(grid))
+    assert [r["cell_id"] for r in records] == [grid_runner.cell_id(s) for s in specs]
     assert {r["arch"] for r in records} == {"lenet5", "vgg16", "mobilenetv2", "resnet18"}
-    for r in records:
+    for r, spec in zip(records, specs):
+        assert (r["arch"], r["defense"], r["seed"]) == (spec.arch, spec.defense, spec.seed)
         assert r["dataset_requested"] in ("mnist", "cifar10") and r["dataset_used"] == "fashion-mnist"
         assert set(r["attacks"]) == {"loss", "shadow_top3"}
-        assert 0.0 <= r["attacks"]["loss"]["auc"] <= 1.0 and r["test_acc"] > 0.1
+        assert r["test_acc"] > 0.25, r["cell_id"]  # every model learns: 2.5x chance (0.1)
+        if r["defense"] == "none":  # every undefended target leaks through its loss
+            assert r["attacks"]["loss"]["ci95"]["auc"][0] > 0.5, r["cell_id"]
         if r["defense"] in ("prune", "prune+minmax"):
-            assert r["compression_ratio"] > 5
+            assert r["compression_ratio"] == pytest.approx(r["params_total"] / r["params_nonzero"])
+            assert r["compression_ratio"] > 5, r["cell_id"]
+        else:
+            assert r["params_nonzero"] == r["params_total"]
         if r["defense"] == "dp":
-            assert abs(r["epsilon"] - 4) / 4 < 0.1
+            assert 3.99 <= r["epsilon"] <= 4.0  # the documented contract: [target - 0.01, target]
