@@ -9,7 +9,9 @@ target and example by example. Canaries (deliberately mislabelled pool examples,
 and Tramèr, CCS 2024) are reported apart.
 
 Modules, in layer order: :mod:`~mcmia_helpers.zoo.membership` (pool, canaries, the N x P
-membership matrix), :mod:`~mcmia_helpers.zoo.train` (per-model cache, resume, batched training),
+membership matrix) and :mod:`~mcmia_helpers.zoo.grouped` (ADMM and magnitude pruning, continued
+training and epoch checkpoints of many models inside the grouped network),
+:mod:`~mcmia_helpers.zoo.train` (per-model cache, resume, batched training),
 :mod:`~mcmia_helpers.zoo.evaluate` (leave-one-out attacks and metrics) and
 :mod:`~mcmia_helpers.zoo.runner` (one record; ``python -m mcmia_helpers zoo``).
 """
