@@ -144,6 +144,25 @@ def test_batched_pruning_and_continued_training_match_one_model_at_a_time(zoo_ru
     assert float(diff.max()) < 1e-3
 
 
+def test_dense_long_continues_the_dense_models(zoo_run) -> None:
+    from mcmia_helpers.shadow import predict_logits_many
+    from mcmia_helpers.training import fit
+
+    setup = zoo_run.setup
+    longer = train_zoo(setup, "dense-long", {}, n_models=2)
+    assert longer.info["trained"] == 2 and longer.seeds == zoo_run.dense.seeds[:2]
+    assert torch.equal(longer.membership, zoo_run.dense.membership[:2])
+    extra_epochs = zoo_train.long_epochs(setup.ctx.train_config)
+    assert [e["continued_epochs"] for e in longer.extras] == [extra_epochs] * 2
+    (parent,) = zoo_train.dense_models(setup, [1])  # the reference: fit on from dense model 1
+    fit(parent, setup.ctx.bundle, setup.zoo_pool.pool[setup.membership[1]],
+        replace(setup.ctx.train_config, epochs=extra_epochs, seed=setup.seeds(2)[1]),
+        device=torch.device("cpu"))
+    expected = predict_logits_many([parent], setup.ctx.bundle, setup.zoo_pool.pool)[0]
+    assert torch.allclose(longer.logits[1], expected, atol=1e-2)
+    assert not torch.allclose(longer.logits[1], zoo_run.dense.logits[1], atol=1e-2)
+
+
 # --------------------------------------------------------------------------- resume
 
 
@@ -159,7 +178,7 @@ def test_killed_zoo_resumes_training_only_the_missing_models(zoo_run) -> None:
     now = {p.name: p.stat().st_mtime_ns for p in (zoo_run.cache / "zoo").glob("*.pt")}
     assert all(now[name] == zoo_run.after_kill[name] for name in models)  # never rewritten
     assert not [n for n in now if n.startswith("group-")]  # checkpoints dropped once saved
-    assert len(now) == 8 + 4  # 8 dense, 4 pruned
+    assert {f"{k}.pt" for k in zoo_run.dense.keys + zoo_run.pruned.keys} <= set(now)
     # The resumed models are the ones an uninterrupted run trains.
     setup = zoo_run.setup
     group = [4, 5, 6, 7]
