@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -18,11 +17,12 @@ from mcmia_helpers.errors import UserError
 from mcmia_helpers.training import get_device
 
 
-def test_urlopen_fails_loudly_and_at_once() -> None:
-    start = time.perf_counter()
+def test_urlopen_fails_loudly() -> None:
+    """Refused in this process by the guard (its own exception), not by a timeout or DNS."""
+    before = len(BLOCKED)
     with pytest.raises(NetworkAccessInTests, match="must not use the network"):
         urllib.request.urlopen("https://ossci-datasets.s3.amazonaws.com/mnist/", timeout=30)
-    assert time.perf_counter() - start < 5  # refused here, not a timeout against the internet
+    assert len(BLOCKED) == before + 1
 
 
 @pytest.mark.parametrize("address", [("93.184.215.14", 80), ("2606:4700::6810:85e5", 443)])
