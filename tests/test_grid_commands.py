@@ -178,19 +178,18 @@ def test_grid_interrupted_inside_a_cell_resumes_to_the_same_record(tmp_path, mon
     cache, out = tmp_path / "cache", tmp_path / "r.jsonl"
     monkeypatch.setenv("MCMIA_CACHE", str(cache))
     with monkeypatch.context() as patch:
-        interrupt = _InterruptMidCell(patch, cell=2, after=2)
+        interrupt = _InterruptMidCell(patch, cell=1, after=2)
         with pytest.raises(KeyboardInterrupt):
-            grid_runner.run_grid(grid, out, progress=False)
-    assert interrupt.calls == 2 and interrupt.saves == 2  # inside the second cell's training
-    assert [r["seed"] for r in grid_runner.read_records(out)] == [0]  # no half record
-    assert out.read_bytes().endswith(b"\n")
+            grid_runner.run_grid(grid, out, only="seed=1", progress=False)
+    assert interrupt.calls == 1 and interrupt.saves == 2  # inside the cell's training
+    assert not out.exists() or grid_runner.read_records(out) == []  # no half record
     partial = list(cache.rglob("*.partial.pt"))
     assert len(partial) == 1 and training.load_verified(partial[0])[0]["epoch"] == 1
 
-    resumed = grid_runner.run_grid(grid, out, progress=False)
+    resumed = grid_runner.run_grid(grid, out, only="seed=1", progress=False)
     assert [r["seed"] for r in resumed] == [1]
     assert not list(cache.rglob("*.partial.pt"))
-    assert sorted(r["seed"] for r in grid_runner.read_records(out)) == [0, 1]
+    assert [r["seed"] for r in grid_runner.read_records(out)] == [1]
 
     monkeypatch.setenv("MCMIA_CACHE", str(tmp_path / "fresh-cache"))  # the same cell, never interrupted
     reference = grid_runner.run_grid(grid, tmp_path / "ref.jsonl", only="seed=1", progress=False)[0]
@@ -198,9 +197,10 @@ def test_grid_interrupted_inside_a_cell_resumes_to_the_same_record(tmp_path, mon
     assert differ <= {"wall_time_s"}, {k: (reference[k], resumed[0].get(k)) for k in differ}
 
 
-def test_ctrl_c_ends_a_run_with_status_130_and_the_run_resumes(tmp_path) -> None:
+def test_ctrl_c_ends_a_run_with_status_130(tmp_path) -> None:
     """A real process: SIGINT once the target's first epoch is checkpointed; exit status 130
-    and one line saying how to resume; no record. The same command then finishes."""
+    and one line saying how to resume; no record, the checkpoint kept (that a resumed run ends
+    with the same record: the test above)."""
     cache = tmp_path / "cache"
     out = tmp_path / "r.json"
     env = {**os.environ, "MCMIA_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
@@ -219,8 +219,3 @@ def test_ctrl_c_ends_a_run_with_status_130_and_the_run_resumes(tmp_path) -> None
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted") and "resume" in lines[0], stderr
     assert not out.exists() and list(cache.rglob("*.partial.pt"))
-
-    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    assert json.loads(out.read_text())["cell_id"] == "lenet5/digits/ci/none/seed=0"
-    assert not list(cache.rglob("*.partial.pt"))
