@@ -1,0 +1,163 @@
+"""Smoke run of the shipped ``paper`` grid on a CPU (issue 13): every cell, end to end, capped.
+
+Every (architecture, dataset, defence, parameter) cell of ``mcmia_helpers/configs/paper.yaml``
+runs once (seed 0) through :func:`mcmia_helpers.experiments.run_experiment` under
+``MCMIA_SMOKE`` (:class:`mcmia_helpers.scales.SmokeCap`: 2 batches of 8 per epoch, 1 epoch, 2
+shadow and 2 LiRA models) at the paper's full widths, optimiser, learning rate, schedule and
+augmentation; the ImageNet cells run at 64 px (as shipped) and again at 224 px (the ImageNet
+forms of the models) on a tiny ImageFolder tree this script writes (or ``--imagenet-root``).
+MNIST and CIFAR are used when they load; offline the cells say ``standin: fashion-mnist``
+explicitly and every record names the stand-in.
+
+Each record is checked (:func:`check_record`) and appended to ``--out`` (JSON lines; a rerun
+skips the cells already there). Exit status 1 if any check fails.
+
+    python tools/paper_smoke.py --out results/smoke/paper_smoke.jsonl          # the whole grid
+    python tools/paper_smoke.py --out /tmp/s.jsonl --only resnet18/imagenet224  # some cells
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+#: The offline stand-in named in every MNIST/CIFAR cell.
+STANDIN = "fashion-mnist"
+#: The ImageNet resolutions exercised: the grid's 64 px and the ImageNet forms at 224 px.
+IMAGENET_SIZES = (64, 224)
+
+
+def write_tiny_imagefolder(root: str | os.PathLike, classes: int = 4, per_class: int = 6,
+                           seed: int = 0) -> Path:
+    """A tiny ImageFolder tree (``train/`` and ``val/``, ``classes`` folders of random 96x80
+    JPEGs): enough for every part of a membership split at the smoke cap."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"n{c:08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"img_{i}.JPEG", quality=90)
+    return root
+
+
+def smoke_cell_id(spec) -> str:
+    """The grid's cell id plus the ImageNet resolution (the grid's id does not name it)."""
+    from mcmia_helpers.grid import cell_id
+
+    if spec.dataset == "imagenet":
+        return cell_id(spec).replace("/imagenet/", f"/imagenet{spec.imagenet_size}/", 1)
+    return cell_id(spec)
+
+
+def smoke_specs(imagenet_root: str | os.PathLike, seed: int = 0) -> list:
+    """Every cell of the shipped paper grid, one seed, stand-in named, ImageNet at 64 and 224 px."""
+    from mcmia_helpers.grid import expand, load_grid
+
+    grid = copy.deepcopy(load_grid("paper"))
+    grid["seeds"] = [seed]
+    cells = []
+    for cell in grid["cells"]:
+        if cell["dataset"] == "imagenet":
+            for size in IMAGENET_SIZES:
+                cells.append({**cell, "imagenet_root": str(imagenet_root), "imagenet_size": size})
+        else:
+            cells.append({**cell, "standin": STANDIN})
+    grid["cells"] = cells
+    return list(expand(grid, "paper"))
+
+
+def check_record(record: dict[str, Any], spec) -> list[str]:
+    """What is wrong with one smoke record (empty when it is right): the paper's recipe at full
+    width under the smoke cap, the data that ran named, finite results for every attack."""
+    from mcmia_helpers.scales import _TABLE, smoke_cap
+
+    problems = []
+    paper = _TABLE["paper"][spec.arch]
+    cap = smoke_cap()
+    train = record.get("train_config", {})
+    if record.get("scale") != "paper" or record.get("width") != paper.width:
+        problems.append(f"scale/width {record.get('scale')}/{record.get('width')}, not paper/{paper.width}")
+    if cap is None or record.get("smoke_cap") != cap.to_dict():
+        problems.append(f"smoke cap {record.get('smoke_cap')} not recorded as {cap}")
+    if spec.defense != "dp":  # DP-SGD has its own optimiser (see defences.dp.dp_train_config)
+        for key in ("optimizer", "lr", "weight_decay", "schedule"):
+            if train.get(key) != getattr(paper, key):
+                problems.append(f"train_config {key}={train.get(key)!r}, paper says {getattr(paper, key)!r}")
+        want = paper.augment and spec.arch != "lenet5"
+        if bool(train.get("augment")) != want or (record.get("augmentation") == "none") == want:
+            problems.append(f"augmentation {record.get('augmentation')!r}, paper recipe says {want}")
+    elif record.get("augmentation") != "none":
+        problems.append("DP-SGD target trained with augmentation")
+    if record.get("dataset_used") != record.get("dataset_requested"):
+        if not record.get("dataset_standin") or STANDIN not in record.get("dataset_description", ""):
+            problems.append("a stand-in ran without being named")
+    if spec.dataset == "imagenet" and record.get("dataset_source", {}).get("imagenet_size") != spec.imagenet_size:
+        problems.append(f"imagenet source {record.get('dataset_source')} is not {spec.imagenet_size} px")
+    attacks = record.get("attacks", {})
+    if not attacks:
+        problems.append("no attack ran")
+    for name, result in attacks.items():
+        if not isinstance(result.get("auc"), float) or not math.isfinite(result["auc"]):
+            problems.append(f"attack {name} has no finite AUC")
+    for key in ("member_acc", "test_acc"):
+        if not math.isfinite(record.get(key, math.nan)):
+            problems.append(f"{key} is not finite")
+    return problems
+
+
+def run(specs: list, out: str | os.PathLike, log=lambda line: print(line, flush=True)) -> Iterator[tuple[Any, dict, list[str]]]:
+    """Run ``specs`` missing from ``out``; yield (spec, record, problems) for each one run now."""
+    from mcmia_helpers.experiments import run_experiment
+    from mcmia_helpers.io import append_jsonl, read_jsonl
+
+    done = {r.get("smoke_cell_id") for r in read_jsonl(out)} if Path(out).exists() else set()
+    for spec in specs:
+        ident = smoke_cell_id(spec)
+        if ident in done:
+            continue
+        started = time.perf_counter()
+        record = run_experiment(spec)
+        record["smoke_cell_id"] = ident
+        problems = check_record(record, spec)
+        record["smoke_problems"] = problems
+        append_jsonl(out, record)
+        log(f"{'FAIL' if problems else 'ok  '} {ident} {time.perf_counter() - started:.1f}s "
+            f"({record['dataset_description']}){': ' + '; '.join(problems) if problems else ''}")
+        yield spec, record, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON-lines file of smoke records")
+    parser.add_argument("--only", default=None, help="run only the cells whose id contains this")
+    parser.add_argument("--imagenet-root", default=None,
+                        help="an ImageFolder tree (default: a tiny one written to a temporary folder)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("MCMIA_SMOKE", "2")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.imagenet_root or write_tiny_imagefolder(Path(tmp) / "imagenet")
+        specs = [s for s in smoke_specs(root) if args.only is None or args.only in smoke_cell_id(s)]
+        if not specs:
+            print(f"--only {args.only!r} matches no smoke cell", file=sys.stderr)
+            return 2
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        failed = sum(bool(problems) for _, _, problems in run(specs, args.out))
+    print(f"{len(specs)} smoke cells ({failed} failed now); records in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
