@@ -47,7 +47,7 @@ class ExperimentSpec:
     imagenet_size: int = 64
     imagenet_classes: int | None = 100
     attacks: tuple[str, ...] | None = None
-    #: Data augmentation while training: ``None`` follows the scale's recipe (on at ``paper`` for
+    #: Data augmentation while training. ``None`` follows the scale's recipe (on at ``paper`` for
     #: the 32x32 and ImageNet forms), ``True``/``False`` choose (never on for LeNet-5's digits).
     augment: bool | None = None
 

@@ -80,7 +80,7 @@ class DatasetBundle:
     std: tuple[float, ...]
     view: str = "native"
     notes: list[str] = field(default_factory=list)
-    #: What else identifies the data beyond its name and view (for ImageNet: the tree's content
+    #: What else identifies the data beyond its name and view (for ImageNet, the tree's content
     #: digest, the size and the classes kept); part of every model's cache key and record.
     source: dict = field(default_factory=dict)
 

@@ -85,7 +85,7 @@ def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[
 
 def cell_id(spec: ExperimentSpec) -> str:
     """A readable, unique name for a cell: ``arch/dataset/scale/defense/k=v.../seed=N``, with the
-    parameters in their canonical spelling (:func:`canonical_params`), so that every spelling of
+    parameters in their canonical spelling (:func:`~mcmia_helpers.defences.registry.canonical_params`), so that every spelling of
     one experiment has one id."""
     return _cell_id(spec.arch, spec.dataset, spec.scale, spec.defense,
                     canonical_params(spec.defense, spec.params), spec.seed)

@@ -189,7 +189,7 @@ def predict_logits(model: nn.Module, bundle: DatasetBundle, indices: torch.Tenso
 
     Computed in float32 (:func:`query_precision`), even inside a caller's autocast region:
     every attack and utility measure reads these logits, and bfloat16 would round them (steps of
-    0.0625 for |z| in [8, 16)) exactly in the low-FPR tail that LiRA measures.
+    0.0625 for ``|z|`` in [8, 16)) exactly in the low-FPR tail that LiRA measures.
     """
     device = device or next(model.parameters()).device
     was_training = model.training

@@ -12,7 +12,7 @@ than when it is not, and LiRA online's IN and OUT means would be estimated from 
 which lowers the scores of members (with 8 models a zoo scored against random labels of the same
 pair structure gave a pooled AUC of 0.46, its interval excluding 0.5). Without the pair the
 ``N - 2`` shadow models are whole pairs: every example is IN for exactly ``N / 2 - 1`` of them.
-The evaluation records the shadow models it used for each target (:attr:`ZooScores.shadows`).
+The evaluation records the shadow models it used for each target (``ZooScores.shadows``).
 
 Attacks (:data:`ZOO_ATTACKS`): LiRA online and offline (per-example means; one global variance
 below 64 shadow models, per-example variances from 64 on, as

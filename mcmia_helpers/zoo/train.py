@@ -61,7 +61,7 @@ from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw
 
 #: Bump when a change to zoo training makes cached zoo models wrong.
 ZOO_VERSION = 1
-#: Zoo-only defence: the dense models trained on for as long as pruning trains after them.
+#: A zoo-only defence, the dense models trained on for as long as pruning trains after them.
 DENSE_LONG = "dense-long"
 
 
