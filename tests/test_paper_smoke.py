@@ -2,10 +2,11 @@
 
 The whole grid (every cell, ImageNet at 64 and 224 px: about 150 experiments at full width)
 takes far longer than ``make test`` allows on 2 cores, so it is ``make smoke``. Here: the smoke
-cell list covers every cell of the shipped grid (no training), and two real smoke cells run end
+cell list covers every cell of the shipped grid (no training), and three real smoke cells run end
 to end at full width with the paper's recipe under the cap: LeNet-5 under DP-SGD on the named
-stand-in, and ResNet18 on a tiny 64 px ImageFolder under pruning + Min-Max (augmentation on,
-every attack), each record checked by the smoke run's own :func:`check_record`.
+stand-in, ResNet18 on a tiny 64 px ImageFolder under pruning + Min-Max (augmentation on, every
+attack), and ResNet18's ImageNet form at 224 px; each record is checked by the smoke run's own
+:func:`check_record`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_smoke_cap_keeps_the_recipe_and_caps_the_cost(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_two_paper_cells_run_end_to_end(tmp_path, monkeypatch) -> None:
+def test_three_paper_cells_run_end_to_end(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MCMIA_SMOKE", "2")
     monkeypatch.setenv("MCMIA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MCMIA_DATA", str(tmp_path / "data"))  # fashion-mnist from Debian's files
@@ -67,20 +68,24 @@ def test_two_paper_cells_run_end_to_end(tmp_path, monkeypatch) -> None:
     specs = [s for s in paper_smoke.smoke_specs(root)
              if (s.arch, s.dataset, s.defense, s.params.get("epsilon")) == ("lenet5", "mnist", "dp", 1)
              or (s.arch, s.dataset, s.imagenet_size, s.defense, s.params.get("sparsity"))
-             == ("resnet18", "imagenet", 64, "prune+minmax", 0.9)]
-    assert len(specs) == 2, [paper_smoke.smoke_cell_id(s) for s in specs]
+             == ("resnet18", "imagenet", 64, "prune+minmax", 0.9)
+             or (s.arch, s.dataset, s.imagenet_size, s.defense) == ("resnet18", "imagenet", 224, "none")]
+    assert len(specs) == 3, [paper_smoke.smoke_cell_id(s) for s in specs]
     out = tmp_path / "smoke.jsonl"
     started = time.perf_counter()
     results = list(paper_smoke.run(specs, out, log=lambda line: None))
-    assert [problems for _, _, problems in results] == [[], []]
+    assert [problems for _, _, problems in results] == [[], [], []]
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    lenet, resnet = records
+    lenet, resnet, resnet224 = records
     assert lenet["dataset_standin"] and "OFFLINE STAND-IN for mnist" in lenet["dataset_description"]
     assert lenet["augmentation"] == "none" and lenet["defense"] == "dp"
     assert resnet["augmentation"].startswith("random crop 64x64 from reflect-padding 8")
     assert resnet["dataset_source"]["imagenet_size"] == 64 and resnet["width"] == 1.0
     assert resnet["train_config"]["optimizer"] == "sgd" and resnet["train_config"]["schedule"] == "cosine"
     assert len(resnet["attacks"]) >= 8
+    # The ImageNet form of ResNet18 (7x7 stem) at 224 px, its crop padding scaled with the image.
+    assert resnet224["dataset_source"]["imagenet_size"] == 224
+    assert resnet224["augmentation"].startswith("random crop 224x224 from reflect-padding 28")
     # A rerun finds both cells done and runs nothing.
     assert list(paper_smoke.run(specs, out)) == []
-    print(f"two paper smoke cells: {time.perf_counter() - started:.0f} s")
+    print(f"three paper smoke cells: {time.perf_counter() - started:.0f} s")
