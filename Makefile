@@ -12,7 +12,7 @@ export MCMIA_DATA ?= $(CURDIR)/.data
 export MCMIA_CACHE ?= $(CURDIR)/.cache/models
 export MPLBACKEND ?= Agg
 
-.PHONY: book test setup data notebooks benchmark lint clean
+.PHONY: book test smoke setup data notebooks benchmark lint clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,15 @@ test: data browser
 	MCMIA_SCALE=ci MCMIA_CACHE="$$cache" MCMIA_TEST_RUN_CACHE=1 MCMIA_BROWSER_REQUIRED=1 OMP_NUM_THREADS=1 \
 	  $(PY) -m pytest -q -n 2 --dist loadscope tests \
 	  --nbval-lax book --nbval-sanitize-with tests/sanitize.cfg
+
+# Every cell of the shipped paper grid on the CPU, end to end, under the smoke cap (MCMIA_SMOKE=2:
+# 2 batches of 8 per epoch, 1 epoch, 2 shadow and 2 LiRA models; full widths, the paper's recipe;
+# ImageNet at 64 and 224 px on a tiny tree; offline the stand-in is named). Long: see
+# tools/paper_smoke.py. `make test` runs three of these cells (tests/test_paper_smoke.py).
+smoke: data
+	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
+	MCMIA_SMOKE=2 MCMIA_CACHE="$$cache" MCMIA_DEVICE=cpu \
+	  $(PY) tools/paper_smoke.py --out "$$cache/paper_smoke.jsonl"
 
 # Re-execute every chapter at book scale and store its outputs; each chapter's measured time
 # goes to book/run_times.json and the intro's table (about half an hour on 2 CPU cores).
