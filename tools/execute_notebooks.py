@@ -138,7 +138,9 @@ def main() -> int:
     parser.add_argument("--keep-cache", action="store_true",
                         help="use MCMIA_CACHE as set (reuse trained models) instead of an empty cache per chapter")
     args = parser.parse_args()
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The kernels must draw inline, whatever the caller's MPLBACKEND (the Makefile exports Agg
+    # for the tests): with Agg, plt.show() draws nothing and the stored chapters lose their figures.
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     scale = os.environ.get("MCMIA_SCALE", "book")
     for path in args.notebooks:
         with tempfile.TemporaryDirectory(prefix="mcmia-cache-") as cache:
