@@ -69,3 +69,12 @@ def test_figures_have_at_most_two_panels_a_row(path: Path) -> None:
     for cell in _code(path):
         for match in re.finditer(r"plt\.subplots\(\s*(\d+)\s*,\s*(\d+)", "".join(cell["source"])):
             assert int(match.group(2)) <= 2, f"{path.stem}: {match.group(0)}"
+
+
+@pytest.mark.parametrize("path", chapter_notebooks(), ids=lambda p: p.stem)
+def test_stored_outputs_hold_figures(path: Path) -> None:
+    """Every chapter draws: its stored outputs hold PNG figures (a kernel run with a non-inline
+    matplotlib backend stores none, and the built book would silently lose them)."""
+    figures = sum("image/png" in out.get("data", {}) for cell in _code(path)
+                  for out in cell.get("outputs", []))
+    assert figures > 0, f"{path.stem}: no stored figure"
