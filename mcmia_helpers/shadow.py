@@ -57,11 +57,11 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, set_aside
+from mcmia_helpers.io import atomic_torch_save
 from mcmia_helpers.models import BasicBlock, _InvertedResidual
 from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, check_finite_model, config_key,
                                     epoch_seed, fit, get_device, make_optimizer, make_scheduler,
-                                    predict_logits, query_precision)
+                                    load_cache_entry, predict_logits, query_precision)
 
 ArchBuilder = Callable[[], nn.Module]
 
@@ -532,16 +532,4 @@ def _load_cached_shadow(path, arch_builder: ArchBuilder, seed: int) -> nn.Module
     """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged."""
     torch.manual_seed(seed)
     model = arch_builder()
-    try:
-        blob, had_digest = load_verified(path)
-        model.load_state_dict(blob["state_dict"])
-    except (DamagedFile, KeyError, RuntimeError, TypeError, ValueError) as exc:
-        reason = str(exc) if isinstance(exc, DamagedFile) else f"{type(exc).__name__}: {str(exc)[:100]}"
-        set_aside(path, reason, "training the model again")
-        return None
-    if not had_digest:
-        try:
-            atomic_torch_save(blob, path)
-        except UserError:
-            pass  # a read-only cache: keep using the legacy entry as it is
-    return model
+    return model if load_cache_entry(path, model) is not None else None

@@ -394,14 +394,17 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
     return model, {"key": key, "cached": False, "history": history}
 
 
-def _load_cached_model(path: Path, model: nn.Module) -> tuple[list[dict], dict] | None:
-    """Load a cached model into ``model`` and return its history and the file's content, or
-    ``None`` (after setting the file aside with a notice) when it is damaged. A legacy entry (no
-    digest) that loads fully and strictly is re-saved with its digest."""
+def load_cache_entry(path: Path, model: nn.Module) -> dict | None:
+    """Load the cached weights at ``path`` into ``model`` and return the file's content, or
+    ``None`` (after setting the file aside with a one-line notice) when it is damaged: its
+    digest does not match, it cannot be read, or it does not fit ``model`` strictly. A legacy
+    entry (no digest) that loads fully and strictly is re-saved with its digest. Used for every
+    cached model: targets (:func:`load_or_train`) and shadow models alike."""
     try:
         blob, had_digest = load_verified(path)
         model.load_state_dict(blob["state_dict"])
-        history = list(blob["history"])
+        if "history" in blob:
+            blob["history"] = list(blob["history"])
     except (DamagedFile, KeyError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc) if isinstance(exc, DamagedFile) else f"{type(exc).__name__}: {str(exc)[:100]}"
         set_aside(path, reason, "training the model again")
@@ -411,7 +414,17 @@ def _load_cached_model(path: Path, model: nn.Module) -> tuple[list[dict], dict] 
             atomic_torch_save(blob, path)
         except UserError:
             pass  # a read-only cache: keep using the legacy entry as it is
-    return history, blob
+    return blob
+
+
+def _load_cached_model(path: Path, model: nn.Module) -> tuple[list[dict], dict] | None:
+    """:func:`load_cache_entry` for a target: its history and the file's content, or ``None``."""
+    blob = load_cache_entry(path, model)
+    if blob is None or "history" not in blob:
+        if blob is not None:
+            set_aside(path, "no training history in the entry", "training the model again")
+        return None
+    return blob["history"], blob
 
 
 def legacy_spellings(params: dict[str, Any], defaults: dict[str, Any]) -> list[dict[str, Any]]:
