@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--defense", default="none", choices=sorted(DEFENSES))
     run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
     run.add_argument("--seed", type=_seed, default=0, help=f"random seed, an integer in [0, {SEED_LIMIT})")
+    run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                     help="random crop + flip while training (default: the scale's recipe; "
+                          "never for lenet5)")
     defence = run.add_argument_group("defence parameters (each applies to the defences named)")
     defence.add_argument("--pruning", choices=tuple(PRUNING_CHOICES), default=None,
                          help="pruning method for prune, prune+minmax (default admm; "
@@ -194,7 +197,8 @@ def _run(args: argparse.Namespace) -> int:
     spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,
                           imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
-                          imagenet_classes=args.imagenet_classes, attacks=attacks)
+                          imagenet_classes=args.imagenet_classes, attacks=attacks,
+                          augment=args.augment)
     validate_spec(spec)
     split_path = args.out.with_suffix(".split.json") if args.out else None
     if split_path is not None:

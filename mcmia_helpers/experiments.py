@@ -44,6 +44,21 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     return spec
 
 
+def spec_identity(spec: ExperimentSpec) -> dict[str, Any]:
+    """What else tells two experiments apart besides architecture, data, scale, defence,
+    parameters and seed: the ImageNet form (``px``, ``classes``) for ImageNet data, and an
+    explicit augmentation choice (``augment``; ``None`` follows the scale and is left out).
+    Recorded as ``identity`` and part of a grid cell's id."""
+    out: dict[str, Any] = {}
+    if "imagenet" in (spec.dataset, spec.standin):
+        out["px"] = int(spec.imagenet_size)
+        if spec.imagenet_classes is not None:
+            out["classes"] = int(spec.imagenet_classes)
+    if spec.augment is not None:
+        out["augment"] = bool(spec.augment)
+    return out
+
+
 def utility(model: nn.Module, ctx: TargetContext) -> dict[str, float]:
     """Accuracy on members, non-members and the test set, and the generalisation gap."""
     out = {}
@@ -104,6 +119,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
     record["augmentation"] = augmentation_recipe(ctx.bundle.image_size,
                                                  bool(record["train_config"].get("augment")))
     record["dataset_source"] = dict(ctx.bundle.source)
+    record["identity"] = spec_identity(spec)
     scale = get_scale(spec.scale)
     record["smoke_cap"] = scale.smoke.to_dict() if scale.smoke else None
     record["attacks"] = run_attacks(ctx, model, spec.attacks, save_scores=save_scores)

@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping
 
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec
-from mcmia_helpers.experiments import run_experiment, validate_spec
+from mcmia_helpers.experiments import run_experiment, spec_identity, validate_spec
 from mcmia_helpers.io import append_jsonl, read_jsonl
 from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.validation import check_seed, load_grid_text
@@ -78,9 +78,11 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[str, Any],
-             seed: int) -> str:
+             seed: int, identity: Mapping[str, Any] | None = None) -> str:
     values = "/".join(f"{k}={params[k]}" for k in sorted(params))
-    return "/".join([arch, dataset, scale, defense] + ([values] if values else []) + [f"seed={seed}"])
+    extra = "/".join(f"{k}={v}" for k, v in sorted((identity or {}).items()))
+    return "/".join([arch, dataset, scale, defense] + ([values] if values else [])
+                    + ([extra] if extra else []) + [f"seed={seed}"])
 
 
 def cell_id(spec: ExperimentSpec) -> str:
@@ -88,7 +90,7 @@ def cell_id(spec: ExperimentSpec) -> str:
     parameters in their canonical spelling (:func:`~mcmia_helpers.defences.registry.canonical_params`), so that every spelling of
     one experiment has one id."""
     return _cell_id(spec.arch, spec.dataset, spec.scale, spec.defense,
-                    canonical_params(spec.defense, spec.params), spec.seed)
+                    canonical_params(spec.defense, spec.params), spec.seed, spec_identity(spec))
 
 
 def record_cell_id(record: Mapping[str, Any]) -> str | None:
@@ -99,7 +101,7 @@ def record_cell_id(record: Mapping[str, Any]) -> str | None:
     try:
         return _cell_id(record["arch"], record["dataset_requested"], record["scale"],
                         record["defense"], canonical_params(record["defense"], record.get("params") or {}),
-                        check_seed(record["seed"], "the record's seed"))
+                        check_seed(record["seed"], "the record's seed"), record.get("identity"))
     except (KeyError, TypeError, AttributeError, UserError):
         stored = record.get("cell_id")
         return stored if isinstance(stored, str) else None
@@ -153,6 +155,8 @@ def run_command(spec: ExperimentSpec, out: str = "record.json") -> str:
         args += [f"--{key.replace('_', '-')}", str(value)]
     if spec.attacks:
         args += ["--attacks", ",".join(spec.attacks)]
+    if spec.augment is not None:
+        args += ["--augment" if spec.augment else "--no-augment"]
     if spec.imagenet_root:
         args += ["--imagenet-root", spec.imagenet_root]
     if "imagenet" in (spec.dataset, spec.standin):

@@ -4,6 +4,8 @@ experiment trains one model and names one cell."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import shlex
 from pathlib import Path
@@ -76,7 +78,7 @@ def _fake_run(spec, **kwargs):
     """A record of what would run, without running it."""
     return {"arch": spec.arch, "dataset_requested": spec.dataset, "scale": spec.scale,
             "defense": spec.defense, "params": dict(spec.params), "seed": spec.seed,
-            "dataset_description": "not run (test)"}
+            "identity": experiments.spec_identity(spec), "dataset_description": "not run (test)"}
 
 
 @pytest.mark.parametrize("name", grid_runner.bundled_names())
@@ -152,3 +154,24 @@ def test_model_cached_under_an_old_spelling_is_found(digits, tmp_path) -> None:
     assert (tmp_path / f"{training.config_key({**old, 'params': canonical})}.pt").exists()
     for key, value in again.state_dict().items():
         assert torch.equal(value, first.state_dict()[key])
+
+
+def test_cell_ids_tell_imagenet_forms_and_augmentation_apart() -> None:
+    """Two cells that differ only in the ImageNet size or an explicit augmentation choice are
+    different cells (before, the grid skipped the second as done)."""
+    from mcmia_helpers.context import ExperimentSpec
+
+    base = ExperimentSpec("resnet18", "imagenet", scale="paper", imagenet_size=64)
+    ids = {grid_runner.cell_id(base), grid_runner.cell_id(replace(base, imagenet_size=224)),
+           grid_runner.cell_id(replace(base, augment=True)),
+           grid_runner.cell_id(replace(base, augment=False))}
+    assert len(ids) == 4
+    assert "px=224" in grid_runner.cell_id(replace(base, imagenet_size=224))
+    cifar = ExperimentSpec("resnet18", "cifar10", scale="paper")
+    assert grid_runner.cell_id(cifar) == "resnet18/cifar10/paper/none/seed=0"  # unchanged ids
+    record = {"arch": "resnet18", "dataset_requested": "imagenet", "scale": "paper",
+              "defense": "none", "params": {}, "seed": 0,
+              "identity": experiments.spec_identity(replace(base, imagenet_size=224))}
+    assert grid_runner.record_cell_id(record) == grid_runner.cell_id(replace(base, imagenet_size=224))
+    line = grid_runner.run_command(replace(cifar, augment=False))
+    assert "--no-augment" in line

@@ -54,11 +54,9 @@ def write_tiny_imagefolder(root: str | os.PathLike, classes: int = 4, per_class:
 
 
 def smoke_cell_id(spec) -> str:
-    """The grid's cell id plus the ImageNet resolution (the grid's id does not name it)."""
+    """The grid's cell id (it names the ImageNet resolution, so 64 and 224 px are two cells)."""
     from mcmia_helpers.grid import cell_id
 
-    if spec.dataset == "imagenet":
-        return cell_id(spec).replace("/imagenet/", f"/imagenet{spec.imagenet_size}/", 1)
     return cell_id(spec)
 
 

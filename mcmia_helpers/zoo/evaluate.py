@@ -72,7 +72,7 @@ def zoo_attack_names(names: str | Iterable[str]) -> tuple[str, ...]:
         raise UserError(f"unknown zoo attack(s) {', '.join(map(repr, unknown))}: choose from "
                         f"{', '.join(ZOO_ATTACKS)} (each also as <name>{AWARE_SUFFIX})")
     if not names:
-        raise UserError(f"no attack named: use e.g. --attacks lira_online,loss")
+        raise UserError("no attack named: use e.g. --attacks lira_online,loss")
     return names
 
 
