@@ -10,16 +10,7 @@ from mcmia_helpers import grid as grid_runner
 from mcmia_helpers.cli import main
 from mcmia_helpers.errors import UserError
 
-TINY = """
-scale: ci
-seeds: [0, 1, 2]
-attacks: [loss]
-cells:
-  - arch: lenet5
-    dataset: digits
-    defenses:
-      - {defense: none}
-"""
+from grid_texts import TINY
 
 
 def test_expand_lists_into_cells() -> None:

@@ -19,16 +19,7 @@ from mcmia_helpers import experiments, training
 from mcmia_helpers import grid as grid_runner
 from mcmia_helpers.cli import main
 
-TINY = """
-scale: ci
-seeds: [0, 1, 2]
-attacks: [loss]
-cells:
-  - arch: lenet5
-    dataset: digits
-    defenses:
-      - {defense: none}
-"""
+from grid_texts import TINY
 
 
 def _fake_record(spec) -> dict:
