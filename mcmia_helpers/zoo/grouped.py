@@ -292,6 +292,24 @@ def phase_path(checkpoint: Path | None, phase: str) -> Path | None:
     return None if checkpoint is None else Path(f"{checkpoint}.{phase}.pt")
 
 
+def _train_together(models: list[nn.Module], bundle: DatasetBundle,
+                    index_sets: Sequence[torch.Tensor], config: TrainConfig, seeds: Sequence[int],
+                    device: torch.device, checkpoint: Path | None) -> bool:
+    """Train ``models`` in place as one grouped network (:func:`train_stacked`); ``False``, with
+    nothing trained, where the grouped network does not support the architecture or the index
+    sets differ in size."""
+    net = grouped_net_for(models[0], bundle)
+    if net is None or len({len(i) for i in index_sets}) != 1:
+        return False
+    for model in models:
+        model.to(device)
+    params, buffers = _stacked(models, device)
+    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device,
+                  checkpoint=checkpoint)
+    unstack_into(models, params, buffers)
+    return True
+
+
 def train_new_models(builder: Callable[[], nn.Module], bundle: DatasetBundle,
                      index_sets: Sequence[torch.Tensor], config: TrainConfig, seeds: Sequence[int],
                      device: torch.device, checkpoint: Path | None = None) -> list[nn.Module] | None:
@@ -303,15 +321,9 @@ def train_new_models(builder: Callable[[], nn.Module], bundle: DatasetBundle,
     for seed in seeds:
         torch.manual_seed(int(seed))
         models.append(builder())
-    net = grouped_net_for(models[0], bundle)
-    if net is None or len({len(i) for i in index_sets}) != 1:
+    if not _train_together(models, bundle, index_sets, config, seeds, device,
+                           phase_path(checkpoint, "train")):
         return None
-    for model in models:
-        model.to(device)
-    params, buffers = _stacked(models, device)
-    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device,
-                  checkpoint=phase_path(checkpoint, "train"))
-    unstack_into(models, params, buffers)
     return models
 
 
@@ -323,14 +335,7 @@ def continue_training(models: list[nn.Module], bundle: DatasetBundle,
     with ``replace(config, seed=seeds[m])``): together when the grouped network supports the
     architecture and the index sets have one size, else one by one with
     :func:`~mcmia_helpers.training.fit` (the same computation)."""
-    net = grouped_net_for(models[0], bundle)
-    if net is None or len({len(i) for i in index_sets}) != 1:
+    if not _train_together(models, bundle, index_sets, config, seeds, device,
+                           phase_path(checkpoint, "continue")):
         for model, idx, seed in zip(models, index_sets, seeds):
             fit(model, bundle, idx, replace(config, seed=int(seed)), device=device, progress=progress)
-        return
-    for model in models:
-        model.to(device)
-    params, buffers = _stacked(models, device)
-    train_stacked(net, params, buffers, bundle, index_sets, config, [int(s) for s in seeds], device,
-                  checkpoint=phase_path(checkpoint, "continue"))
-    unstack_into(models, params, buffers)
