@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="random crop + flip while training (default: the scale's recipe; "
                           "never for lenet5)")
+    from mcmia_helpers.attacks.shadows import CALIBRATIONS
+
+    run.add_argument("--calibration", choices=CALIBRATIONS, default=None,
+                     help="shadow models that calibrate the attacks' thresholds: trained with the "
+                          "target's defence (target, the default) or without it (undefended)")
     defence = run.add_argument_group("defence parameters (each applies to the defences named)")
     defence.add_argument("--pruning", choices=tuple(PRUNING_CHOICES), default=None,
                          help="pruning method for prune, prune+minmax (default admm; "
@@ -198,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,
                           imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
                           imagenet_classes=args.imagenet_classes, attacks=attacks,
-                          augment=args.augment)
+                          augment=args.augment, calibration=args.calibration)
     validate_spec(spec)
     split_path = args.out.with_suffix(".split.json") if args.out else None
     if split_path is not None:

@@ -50,6 +50,10 @@ class ExperimentSpec:
     #: Data augmentation while training. ``None`` follows the scale's recipe (on at ``paper`` for
     #: the 32x32 and ImageNet forms), ``True``/``False`` choose (never on for LeNet-5's digits).
     augment: bool | None = None
+    #: Shadow models that calibrate the metric attacks' thresholds and train the shadow attack
+    #: networks: ``"target"`` (trained with the target's defence), ``"undefended"`` (without it),
+    #: ``None`` for the default, ``"target"`` (see :mod:`mcmia_helpers.attacks.shadows`).
+    calibration: str | None = None
 
     def validate(self) -> None:
         """Check what the context itself needs (architecture, seed, scale); one-line UserError.

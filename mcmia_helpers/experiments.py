@@ -4,7 +4,9 @@
 the spec against the registries (:func:`validate_spec`), prepares the context (data, naming any
 offline stand-in; the disjoint split; the recipe, see :mod:`mcmia_helpers.context`), trains the
 target through its defence (or loads it from the cache), measures utility, runs the attacks and
-returns a record that says what ran, on what data, at what scale, and with what results.
+returns a record that says what ran, on what data, at what scale, and with what results
+(``calibration``: on which shadow models the attacks' thresholds were calibrated, see
+:mod:`mcmia_helpers.attacks.shadows`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from mcmia_helpers.attacks import run_attacks, validate_attack_names
+from mcmia_helpers.attacks.shadows import calibration_of, check_calibration
 from mcmia_helpers.context import ExperimentSpec, TargetContext, prepare
 from mcmia_helpers.data import MIASplit, augmentation_recipe
 from mcmia_helpers.defences import DEFENSES
@@ -36,8 +39,10 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     and its parameters against :mod:`mcmia_helpers.defences`, and the attack names. In place,
     the parameters become canonical (:func:`~mcmia_helpers.defences.registry.canonical_params`:
     defaults filled in, numbers typed, so every spelling is one cache key and one record) and
-    the attack names a tuple. Returns ``spec``."""
+    the attack names a tuple. The calibration is None or one of
+    :data:`~mcmia_helpers.attacks.shadows.CALIBRATIONS`. Returns ``spec``."""
     spec.validate()
+    check_calibration(spec.calibration)
     spec.params = canonical_params(spec.defense, spec.params)
     if spec.attacks is not None:
         spec.attacks = validate_attack_names(spec.attacks)
@@ -46,9 +51,11 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
 
 def spec_identity(spec: ExperimentSpec) -> dict[str, Any]:
     """What else tells two experiments apart besides architecture, data, scale, defence,
-    parameters and seed: the ImageNet form (``px``, ``classes``) for ImageNet data, and an
-    explicit augmentation choice (``augment``; ``None`` follows the scale and is left out).
-    Recorded as ``identity`` and part of a grid cell's id."""
+    parameters and seed: the ImageNet form (``px``, ``classes``) for ImageNet data, an
+    explicit augmentation choice (``augment``; ``None`` follows the scale and is left out) and
+    an explicit calibration (``calibration``; ``None``, the default, is left out, so the ids of
+    cells that do not choose stay what they were). Recorded as ``identity`` and part of a grid
+    cell's id."""
     out: dict[str, Any] = {}
     if "imagenet" in (spec.dataset, spec.standin):
         out["px"] = int(spec.imagenet_size)
@@ -56,6 +63,8 @@ def spec_identity(spec: ExperimentSpec) -> dict[str, Any]:
             out["classes"] = int(spec.imagenet_classes)
     if spec.augment is not None:
         out["augment"] = bool(spec.augment)
+    if spec.calibration is not None:
+        out["calibration"] = spec.calibration
     return out
 
 
@@ -120,6 +129,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = False,
                                                  bool(record["train_config"].get("augment")))
     record["dataset_source"] = dict(ctx.bundle.source)
     record["identity"] = spec_identity(spec)
+    record["calibration"] = calibration_of(spec)
     scale = get_scale(spec.scale)
     record["smoke_cap"] = scale.smoke.to_dict() if scale.smoke else None
     record["attacks"] = run_attacks(ctx, model, spec.attacks, save_scores=save_scores)

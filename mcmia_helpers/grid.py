@@ -17,6 +17,7 @@ A grid file looks like::
       - arch: lenet5
         dataset: mnist
         standin: fashion-mnist             # explicit offline stand-in, named in every record
+        calibration: undefended            # optional: shadow models without the defence (default target)
         defenses:
           - {defense: none}
           - {defense: prune, sparsity: [0.5, 0.9]}   # lists expand into one cell per value
@@ -157,6 +158,8 @@ def run_command(spec: ExperimentSpec, out: str = "record.json") -> str:
         args += ["--attacks", ",".join(spec.attacks)]
     if spec.augment is not None:
         args += ["--augment" if spec.augment else "--no-augment"]
+    if spec.calibration is not None:
+        args += ["--calibration", spec.calibration]
     if spec.imagenet_root:
         args += ["--imagenet-root", spec.imagenet_root]
     if "imagenet" in (spec.dataset, spec.standin):

@@ -27,6 +27,7 @@ import os
 from typing import Any, Iterable
 
 from mcmia_helpers.attacks import ATTACKS
+from mcmia_helpers.attacks.shadows import CALIBRATIONS
 from mcmia_helpers.data import DATASETS, data_root
 from mcmia_helpers.defences import DEFENSE_PARAMS
 from mcmia_helpers.defences.registry import ANY_PARAM_SCHEMA, PARAM_SCHEMAS
@@ -113,6 +114,7 @@ def grid_schema() -> dict[str, Any]:
             "imagenet_classes": {"type": "integer", "minimum": IMAGENET_CLASSES[0],
                                  "maximum": IMAGENET_CLASSES[1]},
             "augment": {"type": "boolean"},
+            "calibration": {"enum": list(CALIBRATIONS)},
             "defenses": {"type": "array", "minItems": 1, "items": defence},
         },
     }

@@ -3,6 +3,12 @@
 :func:`compute_attack_scores` trains (or loads) the attacker's models and returns per-example
 scores; :func:`run_attacks` adds the metrics with intervals. Used by
 :func:`mcmia_helpers.experiments.run_experiment` and the chapters.
+
+The thresholds of the metric attacks and the shadow attack networks are calibrated on
+Shokri-style shadow models; ``ctx.spec.calibration`` says which (see
+:data:`~mcmia_helpers.attacks.shadows.CALIBRATIONS`): by default (``"target"``) they are trained
+with the target's defence, ``"undefended"`` trains them without it. Each such attack's note says
+which, and its metrics carry the oracle accuracy next to the calibrated one.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS, ME
                                          validate_attack_names)
 from mcmia_helpers.attacks.scores import METRIC_SCORES, calibrate_threshold, logit_confidence
 from mcmia_helpers.attacks.shadows import (attacker_builder, attacker_cache_config, attacker_seed,
-                                           defence_aware_models, lira_candidates,
+                                           calibration_note, calibration_of, defence_aware_models,
+                                           defence_description, lira_candidates,
                                            lira_model_specs, shadow_model_specs)
 from mcmia_helpers.context import TargetContext
 from mcmia_helpers.errors import UserError
@@ -44,7 +51,8 @@ class AttackScores:
     class) cover the evaluated examples, members first. ``scores[name]`` holds one score per
     example, NaN where the attack does not evaluate an example (``nasr_inference`` trains on
     half of the members and is evaluated on the other half against as many non-members).
-    ``thresholds[name]`` is the calibrated threshold, or None (then the accuracy is the oracle's).
+    ``thresholds[name]`` is the calibrated threshold, or None (then the accuracy is the oracle's);
+    ``notes[name]`` says what it was calibrated or trained on.
     """
 
     indices: np.ndarray
@@ -59,12 +67,15 @@ class AttackScores:
         return np.isfinite(self.scores[name])
 
     def metrics(self, n_bootstrap: int = 200, seed: int = 0) -> dict[str, dict]:
-        """``{name: attack_metrics(...)}`` plus each attack's threat model and evaluation set."""
+        """``{name: attack_metrics(...)}`` plus each attack's threat model, its note and the
+        oracle accuracy (``accuracy_oracle``, the best threshold on the target's labels: ``0.5 +
+        advantage / 2``) next to the calibrated ``accuracy``."""
         out = {}
         for name, s in self.scores.items():
             mask = self.evaluated(name)
             record = attack_metrics(self.labels[mask], s[mask], self.thresholds.get(name),
                                     n_bootstrap=n_bootstrap, seed=seed)
+            record["accuracy_oracle"] = 0.5 + record["advantage"] / 2
             record["knowledge"] = THREAT_MODELS[name]
             if name in self.notes:
                 record["note"] = self.notes[name]
@@ -96,8 +107,13 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
     """Run the attacks ``names`` (default: :func:`~mcmia_helpers.attacks.names.default_attacks`) against ``model``; return scores.
 
     Shadow and LiRA models are trained on ``ctx.device`` (together, see
-    :mod:`mcmia_helpers.shadow`) or loaded from the cache. ``lira_global_variance`` defaults
-    to ``n_lira_models < 64``. The defence-aware LiRA attacks use the same IN/OUT sets and
+    :mod:`mcmia_helpers.shadow`) or loaded from the cache. The shadow models that calibrate the
+    metric attacks' thresholds and train the shadow attack networks follow
+    ``ctx.spec.calibration`` (:func:`~mcmia_helpers.attacks.shadows.calibration_of`): with
+    ``"target"`` (the default) and a defence they are trained through it, one after another and
+    cached like targets (:func:`~mcmia_helpers.attacks.shadows.defence_aware_models`); with
+    ``"undefended"`` or no defence they are the plain batched models (today's cache keys).
+    ``lira_global_variance`` defaults to ``n_lira_models < 64``. The defence-aware LiRA attacks use the same IN/OUT sets and
     seeds as plain LiRA, with shadow models from :func:`~mcmia_helpers.attacks.shadows.defence_aware_models` (for an
     undefended target they are the plain LiRA models), so the two differ only by the defence.
     """
@@ -109,6 +125,7 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
     if any(n in LIRA_ATTACKS + DEFENCE_AWARE_ATTACKS for n in names) and scale.n_lira_models < 2:
         raise UserError(f"LiRA needs n_lira_models >= 2 at scale '{ctx.spec.scale}': drop "
                         "the lira_* attacks from --attacks")
+    calibration = calibration_of(ctx.spec)  # a bad value fails before any training
     split, bundle, device = ctx.split, ctx.bundle, ctx.device
     model = model.to(device)
     eval_idx = torch.cat([split.members, split.nonmembers])
@@ -123,12 +140,18 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
     # Against an undefended target the defence-aware shadow models are the plain LiRA ones.
     need_lira = any(n in LIRA_ATTACKS for n in names) or (need_aware and ctx.spec.defense == "none")
     shadow_specs, shadow_in = shadow_model_specs(ctx) if need_shadow else ([], None)
+    # Calibrated on the target's defence: the shadow models go through the defence trainer.
+    defended_shadows = calibration == "target" and ctx.spec.defense != "none"
+    plain_shadow_specs = [] if defended_shadows else shadow_specs
     lira_specs, lira_in = lira_model_specs(ctx) if need_lira or need_aware else ([], None)
     plain_lira_specs = lira_specs if need_lira else []
     all_models, _ = load_or_train_models(attacker_cache_config(ctx), attacker_builder(ctx), bundle,
-                                         shadow_specs + plain_lira_specs, ctx.train_config,
+                                         plain_shadow_specs + plain_lira_specs, ctx.train_config,
                                          device=device, progress=ctx.progress, cache=cache)
-    shadow_models, lira_models = all_models[:len(shadow_specs)], all_models[len(shadow_specs):]
+    shadow_models = all_models[:len(plain_shadow_specs)]
+    lira_models = all_models[len(plain_shadow_specs):]
+    if defended_shadows and need_shadow:
+        shadow_models = defence_aware_models(ctx, shadow_specs)
 
     if need_shadow:
         pool = split.shadow_pool
@@ -142,6 +165,7 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
                 fn = METRIC_SCORES[name]
                 out.scores[name] = fn(target_logits, eval_classes)
                 out.thresholds[name] = calibrate_threshold(fn(flat_logits, flat_labels), flat_in.numpy())
+                out.notes[name] = calibration_note(ctx, len(shadow_models), "threshold calibrated")
         for name, featurise in (("shadow_top3", lambda lg, y: top3_features(lg)),
                                 ("shadow_label", label_features)):
             if name in names:
@@ -150,6 +174,7 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
                 with torch.no_grad():
                     out.scores[name] = net(featurise(target_logits, eval_classes)).double().numpy()
                 out.thresholds[name] = 0.0  # the attack network's own decision (p = 0.5)
+                out.notes[name] = calibration_note(ctx, len(shadow_models), "attack network trained")
 
     if "nasr_inference" in names:
         out.scores["nasr_inference"], out.notes["nasr_inference"] = _nasr_attack(ctx, model, target_logits,
@@ -183,8 +208,7 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
         if need_aware:
             aware = lira_models if ctx.spec.defense == "none" else defence_aware_models(ctx, lira_specs)
             add_lira(aware, (("lira_online_aware", True), ("lira_offline_aware", False)),
-                     f" trained with the target's defence ({ctx.spec.defense}"
-                     + "".join(f", {k}={v}" for k, v in sorted(ctx.spec.params.items())) + ")")
+                     f" trained with the target's defence ({defence_description(ctx)})")
     out.scores = {n: out.scores[n] for n in names}  # in the order asked for
     return out
 
@@ -246,7 +270,7 @@ def run_attacks(ctx: TargetContext, model: nn.Module, names: str | Iterable[str]
     """Run membership inference attacks on ``model`` (the target of ``ctx``); return their metrics.
 
     Evaluates on ``ctx.split.members`` (label 1) vs ``ctx.split.nonmembers`` (label 0) and
-    returns ``{name: attack_metrics(...) + {"knowledge", "note"?}}`` for each attack in
+    returns ``{name: attack_metrics(...) + {"accuracy_oracle", "knowledge", "note"?}}`` for each attack in
     ``names`` (a list or a comma-separated string; default: all that ``ctx.arch_scale``
     affords). ``save_scores`` writes the per-example scores as an ``.npz`` (see
     :meth:`AttackScores.save`).

@@ -3,6 +3,13 @@
 Plain shadow models are trained together on the batched engine (:mod:`mcmia_helpers.shadow`);
 defence-aware ones go through the target's defence, which they get from the registry in
 :mod:`mcmia_helpers.defences.registry` (a defence is not batchable).
+
+The Shokri-style shadow models (:func:`shadow_model_specs`) calibrate the thresholds of the
+metric attacks and train the shadow attack networks. Their :data:`CALIBRATIONS`: ``"target"``
+(the default, :func:`calibration_of`) trains them with the target's defence, as an adaptive
+attacker would, so that a threshold is placed where the defended model's scores are;
+``"undefended"`` trains them without it (the batched plain models, the behaviour before issue
+17), which misplaces the threshold against a pruned or DP target.
 """
 
 from __future__ import annotations
@@ -13,10 +20,46 @@ import torch
 import torch.nn as nn
 
 from mcmia_helpers.attacks.lira import lira_in_out_sets
-from mcmia_helpers.context import TargetContext, shadow_context
+from mcmia_helpers.context import ExperimentSpec, TargetContext, shadow_context
 from mcmia_helpers.defences.registry import DEFENSES
+from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import build_model
 from mcmia_helpers.shadow import ShadowSpec
+
+
+#: Where the thresholds of the metric attacks and the shadow attack networks are calibrated: on
+#: shadow models trained with the target's defence (``target``) or without it (``undefended``).
+CALIBRATIONS = ("target", "undefended")
+
+
+def check_calibration(value: object) -> None:
+    """A one-line :class:`UserError` unless ``value`` is None (the default) or one of :data:`CALIBRATIONS`."""
+    if value is not None and value not in CALIBRATIONS:
+        raise UserError(f"unknown calibration {value!r}: choose one of {', '.join(CALIBRATIONS)} "
+                        "(or leave it out for target)")
+
+
+def calibration_of(spec: ExperimentSpec) -> str:
+    """The calibration ``spec`` asks for: its explicit choice, else ``"target"`` (for defence
+    ``none`` both train the same undefended models)."""
+    check_calibration(spec.calibration)
+    return spec.calibration or "target"
+
+
+def defence_description(ctx: TargetContext) -> str:
+    """The target's defence and its parameters in words, e.g. ``prune, pruning=admm, sparsity=0.9``."""
+    return ctx.spec.defense + "".join(f", {k}={v}" for k, v in sorted(ctx.spec.params.items()))
+
+
+def calibration_note(ctx: TargetContext, n_models: int, what: str) -> str:
+    """Which shadow models ``what`` (e.g. "threshold calibrated") was done on, for a record's note."""
+    if ctx.spec.defense == "none":
+        how = "trained like the target (no defence)"
+    elif calibration_of(ctx.spec) == "target":
+        how = f"trained with the target's defence ({defence_description(ctx)})"
+    else:
+        how = f"trained without the target's defence ({defence_description(ctx)}): undefended calibration"
+    return f"{what} on {n_models} shadow model{'s' if n_models != 1 else ''} {how}"
 
 
 def attacker_builder(ctx: TargetContext) -> Callable[[], nn.Module]:
