@@ -149,9 +149,17 @@ def shadow_context(ctx: TargetContext, members: torch.Tensor, seed: int) -> Targ
     only the training members and the seed (initialisation and data order) change. Trained
     models are cached under a key that adds a hash of ``members``, so they never collide with
     the target or with each other.
+
+    The shadow model's split keeps the target's reference and test sets (the Min-Max defender's
+    data and the utility measure) but no non-members and no shadow pool: those are the target's
+    evaluation and attacker sets, from which the shadow's own members are drawn, so keeping
+    them would make the shadow's split overlap itself (and the Min-Max game rejects a split
+    whose parts overlap).
     """
     members = torch.as_tensor(members, dtype=torch.long)
     digest = hashlib.sha256(members.cpu().numpy().tobytes()).hexdigest()[:16]
-    return replace(ctx, spec=replace(ctx.spec, seed=int(seed)), split=replace(ctx.split, members=members),
+    empty = torch.empty(0, dtype=torch.long)
+    split = replace(ctx.split, members=members, nonmembers=empty, shadow_pool=empty)
+    return replace(ctx, spec=replace(ctx.spec, seed=int(seed)), split=split,
                    train_config=replace(ctx.train_config, seed=int(seed)),
                    cache_extra={**ctx.cache_extra, "role": "defence-aware shadow", "members_sha256": digest})

@@ -98,11 +98,18 @@ def record_cell_id(record: Mapping[str, Any]) -> str | None:
     """The canonical cell id of a record, recomputed from what it says ran (architecture,
     requested dataset, scale, defence, parameters, seed), so that records written before the
     parameters were canonical (``lam=3`` rather than ``k_steps=1/lam=3.0``) still count as
-    their cell. A record that does not say all of that keeps the ``cell_id`` it stores."""
+    their cell. A record that does not say all of that keeps the ``cell_id`` it stores.
+
+    A defended record without a ``calibration`` field predates target-matched calibration: its
+    thresholds and attack networks came from undefended shadow models, so it is the cell that
+    asks for ``calibration: undefended``, never the default (target-calibrated) cell."""
     try:
+        identity = dict(record.get("identity") or {})
+        if record["defense"] != "none" and "calibration" not in record:
+            identity["calibration"] = "undefended"
         return _cell_id(record["arch"], record["dataset_requested"], record["scale"],
                         record["defense"], canonical_params(record["defense"], record.get("params") or {}),
-                        check_seed(record["seed"], "the record's seed"), record.get("identity"))
+                        check_seed(record["seed"], "the record's seed"), identity)
     except (KeyError, TypeError, AttributeError, UserError):
         stored = record.get("cell_id")
         return stored if isinstance(stored, str) else None

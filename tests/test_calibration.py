@@ -180,7 +180,8 @@ def test_explicit_calibration_is_part_of_the_cell_id() -> None:
     assert len(ids) == 3
     assert experiments.spec_identity(base) == {}
     assert experiments.spec_identity(replace(base, calibration="target")) == {"calibration": "target"}
-    # The stored book records (none chooses a calibration) still count as cells of the book grid.
+    # The stored book records count as cells of the book grid (test_book_outputs checks that
+    # every cell has one).
     stored = Path(__file__).resolve().parents[1] / "results" / "book.jsonl"
     book = {grid_runner.cell_id(s) for s in grid_runner.expand(grid_runner.load_grid("book"))}
     records = [json.loads(line) for line in stored.read_text().splitlines()]
@@ -193,3 +194,16 @@ def test_explicit_calibration_is_part_of_the_cell_id() -> None:
     args = build_parser().parse_args(command[3:])
     assert args.calibration == "undefended"
     assert grid_runner.run_command(replace(spec, calibration=None)).count("--calibration") == 0
+
+
+def test_a_defended_record_without_calibration_is_the_undefended_cell() -> None:
+    """Records written before target-matched calibration were calibrated on undefended shadow
+    models: they must not count as the default (target-calibrated) cell, or a resumed grid
+    would keep them and show their thresholds as target-calibrated."""
+    spec = ExperimentSpec("lenet5", "mnist", defense="prune", params={"sparsity": 0.9})
+    old = {"arch": "lenet5", "dataset_requested": "mnist", "scale": "ci", "defense": "prune",
+           "params": {"pruning": "admm", "sparsity": 0.9}, "seed": 0, "identity": {}}
+    assert grid_runner.record_cell_id(old) == grid_runner.cell_id(replace(spec, calibration="undefended"))
+    assert grid_runner.record_cell_id({**old, "calibration": "target"}) == grid_runner.cell_id(spec)
+    dense = {**old, "defense": "none", "params": {}}
+    assert grid_runner.record_cell_id(dense) == "lenet5/mnist/ci/none/seed=0"

@@ -152,6 +152,14 @@ def test_shadow_context_changes_only_members_and_seed(small_target) -> None:
     assert shadow.cache_config() != ctx.cache_config()
     assert shadow_context(ctx, ctx.split.members, seed=77).cache_config() != shadow.cache_config()
     assert "members_sha256" not in ctx.cache_config()  # targets keep their cache keys
+    # The shadow's split holds no part it was drawn from, so it never overlaps itself (the
+    # Min-Max game checks that; it rejected every shadow model drawn from the candidates).
+    assert shadow.split.nonmembers.numel() == 0 and shadow.split.shadow_pool.numel() == 0
+    assert torch.equal(shadow.split.reference, ctx.split.reference)
+    shadow.split.verify_disjoint()
+    from mcmia_helpers.defences.minmax import check_reference_set
+
+    check_reference_set(shadow.split)
 
 
 @pytest.mark.slow
