@@ -32,7 +32,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -329,14 +329,15 @@ def compression_report(model: nn.Module, input_shape: tuple[int, ...],
 
 
 @torch.inference_mode()
-def _time_once(model: nn.Module, x: torch.Tensor) -> float:
+def _time_once(model: nn.Module, x: torch.Tensor,
+               clock: Callable[[], float] = time.perf_counter) -> float:
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
+    start = clock()
     model(x)
     if x.is_cuda:  # kernels run asynchronously: wait for them before stopping the clock
         torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure_latency(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup: int = 3) -> float:
@@ -361,11 +362,16 @@ def measure_latency(model: nn.Module, x: torch.Tensor, repeats: int = 20, warmup
 
 
 def compare_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int = 20,
-                    warmup: int = 3) -> dict[str, float]:
+                    warmup: int = 3, clock: Callable[[], float] = time.perf_counter
+                    ) -> dict[str, float]:
     """Median forward seconds of several models on ``x``, measured side by side.
 
     The passes are interleaved (one pass of each model per round), so a slowdown of the
     machine hits every model alike and the ratios stay meaningful on a shared CPU.
+    ``clock`` is wall-clock time by default. On an oversubscribed CPU a long pass is preempted
+    more often than a short one, which inflates wall-clock ratios; ``time.thread_time`` counts
+    only the CPU time of the calling thread, which preemption does not inflate (a CPU-only
+    measure, meaningful with ``torch.set_num_threads(1)``, where the pass runs in that thread).
     """
     if repeats < 1:
         raise UserError(f"repeats {repeats} must be at least 1: use e.g. 20")
@@ -378,7 +384,7 @@ def compare_latency(models: dict[str, nn.Module], x: torch.Tensor, repeats: int 
             inputs[name] = x.to(next(m.parameters()).device)
         for round_ in range(warmup + repeats):
             for name, m in models.items():
-                elapsed = _time_once(m, inputs[name])
+                elapsed = _time_once(m, inputs[name], clock)
                 if round_ >= warmup:
                     times[name].append(elapsed)
     finally:

@@ -26,8 +26,10 @@ Zoos by defence:
                 models", continuing the dense models rather than starting over;
 ``prune``       dense model ``i`` pruned (ADMM or magnitude) and retrained on its own members,
                 together on the grouped engine (:mod:`mcmia_helpers.zoo.grouped`) with the
-                recipe of the ``prune`` defence's trainer; iterative pruning (and anything the
-                engine cannot run) goes through that trainer, one model at a time;
+                recipe of the ``prune`` defence's trainer; iterative pruning, filter pruning
+                (narrow VGG16 models: each entry records its conv widths, ``conv_channels``,
+                from which :func:`_model_from` rebuilds it) and anything the engine cannot run
+                go through that trainer, one model at a time;
 other defences  (``minmax``, ``prune+minmax``, ``dp``) through their registered trainer on
                 model ``i``'s members and seed, one model at a time.
 """
@@ -47,8 +49,9 @@ from mcmia_helpers.context import ExperimentSpec, TargetContext, arch_view
 from mcmia_helpers.data import DATASETS, MIASplit, load_dataset
 from mcmia_helpers.defences import (DEFENSES, PARAM_VALIDATORS, check_defense_name,
                                     validate_defense_params)
-from mcmia_helpers.defences.pruning import (ADMMSettings, default_sparsity_profile, resolve_sparsity,
-                                            train_pruned)
+from mcmia_helpers.defences.pruning import (STRUCTURED, ADMMSettings, check_pruning_arch,
+                                            conv_channels, default_sparsity_profile,
+                                            resolve_sparsity, train_pruned, vgg_with_channels)
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, notice, set_aside
 from mcmia_helpers.models import ARCHITECTURES, build_model
@@ -108,7 +111,7 @@ class ZooSpec:
             if self.defense not in DEFENSES:
                 raise UserError(f"unknown defense '{self.defense}': choose one of {', '.join(zoo_defences())}")
             check_defense_name(self.defense)
-            validate_defense_params(self.defense, self.params)
+            check_pruning_arch(validate_defense_params(self.defense, self.params), self.arch)
         zoo_scale(self.scale, self.arch)  # the architecture has zoo sizes at this scale
         check_zoo_sizes(self.models(), self.pool_size(), self.n_canaries(), 10**12, 0, 0, "")
         return self
@@ -305,6 +308,8 @@ def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Modu
                 "logits": pool_logits.float().clone(),
                 "test_acc": float((test.argmax(-1) == test_labels).float().mean()),
                 "seed": int(seed), "extra": json.dumps(extra, sort_keys=True, default=str)}
+        if extra.get("pruning") == STRUCTURED:  # a narrow model: its shapes are not the builder's
+            blob["conv_channels"] = conv_channels(model)
         atomic_torch_save(blob, _path(key))
         out.append(blob)
     return out
@@ -340,7 +345,11 @@ def _builder(setup: ZooSetup, dp_compatible: bool = False) -> Callable[[], nn.Mo
 
 
 def _model_from(setup: ZooSetup, blob: dict) -> nn.Module:
+    """The zoo model saved in ``blob``: the zoo's architecture, narrowed to the entry's
+    ``conv_channels`` when it holds a filter-pruned VGG16, with the saved weights."""
     model = _builder(setup)()
+    if blob.get("conv_channels") is not None:
+        model = vgg_with_channels(model, list(blob["conv_channels"]))
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 
@@ -366,7 +375,7 @@ def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | N
     if missing:
         if defense in ("none", DENSE_LONG):
             _train_grouped(setup, defense, missing, keys, entries, group_size, progress)
-        elif defense == "prune" and batched_pruning:
+        elif defense == "prune" and batched_pruning and params.get("pruning") != STRUCTURED:
             _prune_grouped(setup, params, missing, keys, entries, group_size, progress)
         else:
             _train_one_by_one(setup, defense, params, missing, keys, entries, progress)
