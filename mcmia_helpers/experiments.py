@@ -26,6 +26,7 @@ from mcmia_helpers.attacks.shadows import calibration_of, check_calibration
 from mcmia_helpers.context import ExperimentSpec, TargetContext, prepare
 from mcmia_helpers.data import MIASplit, augmentation_recipe
 from mcmia_helpers.defences import DEFENSES
+from mcmia_helpers.defences.pruning import check_pruning_arch
 from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.models import count_parameters
@@ -44,6 +45,7 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     spec.validate()
     check_calibration(spec.calibration)
     spec.params = canonical_params(spec.defense, spec.params)
+    check_pruning_arch(spec.params, spec.arch)  # filter pruning exists for VGG16 only
     if spec.attacks is not None:
         spec.attacks = validate_attack_names(spec.attacks)
     return spec

@@ -15,6 +15,7 @@ import torch
 
 from mcmia_helpers import experiments, training
 from mcmia_helpers import grid as grid_runner
+from mcmia_helpers.attacks.shadows import calibration_of
 from mcmia_helpers.cli import main
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.explorer import parameter_label
@@ -78,7 +79,8 @@ def _fake_run(spec, **kwargs):
     """A record of what would run, without running it."""
     return {"arch": spec.arch, "dataset_requested": spec.dataset, "scale": spec.scale,
             "defense": spec.defense, "params": dict(spec.params), "seed": spec.seed,
-            "identity": experiments.spec_identity(spec), "dataset_description": "not run (test)"}
+            "identity": experiments.spec_identity(spec), "dataset_description": "not run (test)",
+            "calibration": calibration_of(spec)}
 
 
 @pytest.mark.parametrize("name", grid_runner.bundled_names())
@@ -111,7 +113,8 @@ def test_records_written_before_canonical_params_still_count() -> None:
     stored = ROOT / "results" / "book.jsonl"
     assert wanted <= grid_runner.done_cells(stored)
     old = {"arch": "lenet5", "dataset_requested": "mnist", "scale": "book", "defense": "minmax",
-           "params": {"lam": 3}, "seed": 0, "cell_id": "lenet5/mnist/book/minmax/lam=3/seed=0"}
+           "params": {"lam": 3}, "seed": 0, "cell_id": "lenet5/mnist/book/minmax/lam=3/seed=0",
+           "calibration": "target"}
     assert grid_runner.record_cell_id(old) == "lenet5/mnist/book/minmax/k_steps=1/lam=3.0/seed=0"
 
 

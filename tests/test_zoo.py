@@ -322,3 +322,22 @@ def test_zoo_spec_rejects_bad_sizes_without_data() -> None:
         ZooSpec("lenet5", "fashion-mnist", n_models=5).validate()
     with pytest.raises(UserError, match="canaries"):
         ZooSpec("lenet5", "fashion-mnist", pool=100, canaries=100).validate()
+
+
+def test_zoo_models_are_the_zoos_own_models(zoo_run) -> None:
+    """``zoo_models`` loads what the zoo's logits came from: the pruned zoo's model 1 is sparse
+    and reproduces its stored pool logits; an index outside the zoo is a one-line error."""
+    from mcmia_helpers.errors import UserError
+    from mcmia_helpers.shadow import predict_logits_many
+    from mcmia_helpers.zoo import zoo_models
+
+    setup, pruned = zoo_run.setup, zoo_run.pruned
+    (model,) = zoo_models(setup, pruned, [1])
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros > 0.8
+    logits = predict_logits_many([model], setup.ctx.bundle, setup.zoo_pool.pool,
+                                 device=torch.device("cpu"))[0]
+    assert torch.allclose(logits, pruned.logits[1], atol=1e-4)
+    with pytest.raises(UserError, match="is not in the"):
+        zoo_models(setup, pruned, [pruned.n_models])

@@ -25,10 +25,10 @@ from mcmia_helpers.zoo.membership import (ZooPool, draw_pool, membership_matrix,
                                           random_membership)
 from mcmia_helpers.zoo.runner import check_zoo_request, run_zoo, save_zoo_scores
 from mcmia_helpers.zoo.train import (DENSE_LONG, Zoo, ZooSetup, ZooSpec, prepare_zoo, train_zoo,
-                                     zoo_defences)
+                                     zoo_defences, zoo_models)
 
 __all__ = ["DENSE_LONG", "SUMMARY_KEYS", "ZOO_ATTACKS", "Zoo", "ZooPool", "ZooScores", "ZooSetup",
            "ZooSpec", "attack_zoo", "check_zoo_request", "draw_pool", "example_exposure",
            "membership_matrix", "model_seed", "paired_difference", "prepare_zoo",
            "random_membership", "run_zoo", "save_zoo_scores", "train_zoo", "zoo_attack_names",
-           "zoo_defences", "zoo_metrics"]
+           "zoo_defences", "zoo_metrics", "zoo_models"]

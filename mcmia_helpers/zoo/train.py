@@ -400,6 +400,24 @@ def dense_models(setup: ZooSetup, indices: Sequence[int], *, group_size: int = 1
     return [_model_from(setup, _load_entry(zoo.keys[i])) for i in indices]
 
 
+def zoo_models(setup: ZooSetup, zoo: Zoo, indices: Sequence[int]) -> list[nn.Module]:
+    """Models ``indices`` of a trained ``zoo`` of ``setup`` as modules, loaded from the cache
+    (a filter-pruned VGG16 in its narrow form), for what the logits alone cannot show: latency,
+    file sizes, weights. One-line :class:`UserError` for an index outside the zoo or a model no
+    longer in the cache."""
+    models = []
+    for i in indices:
+        if not 0 <= int(i) < zoo.n_models:
+            raise UserError(f"model {i} is not in the {zoo.label} zoo of {zoo.n_models} models: "
+                            f"use an index from 0 to {zoo.n_models - 1}")
+        entry = _load_entry(zoo.keys[int(i)])
+        if entry is None:
+            raise UserError(f"model {i} of the {zoo.label} zoo is no longer in the cache "
+                            f"({cache_dir()}): train the zoo again with train_zoo")
+        models.append(_model_from(setup, entry))
+    return models
+
+
 def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list[str],
                    entries: list[dict | None], group_size: int, progress: bool) -> None:
     ctx = setup.ctx
