@@ -81,6 +81,7 @@ benchmark: data
 	$(PY) benchmarks/shadow_training.py
 	$(PY) benchmarks/zoo_training.py
 	$(PY) benchmarks/timing_claims.py
+	$(PY) benchmarks/structured_latency.py
 
 # The package's layers (import-linter) and the notebooks' code formatting (ruff, 88 columns).
 lint: setup
