@@ -12,8 +12,9 @@ Modules, in layer order: :mod:`~mcmia_helpers.zoo.membership` (pool, canaries, t
 membership matrix) and :mod:`~mcmia_helpers.zoo.grouped` (ADMM and magnitude pruning, continued
 training and epoch checkpoints of many models inside the grouped network),
 :mod:`~mcmia_helpers.zoo.train` (per-model cache, resume, batched training),
-:mod:`~mcmia_helpers.zoo.evaluate` (leave-one-out attacks and metrics) and
-:mod:`~mcmia_helpers.zoo.runner` (one record; ``python -m mcmia_helpers zoo``).
+:mod:`~mcmia_helpers.zoo.evaluate` (leave-one-out attacks and metrics),
+:mod:`~mcmia_helpers.zoo.runner` (one record; ``python -m mcmia_helpers zoo``) and
+:mod:`~mcmia_helpers.zoo.dp_match` (the DP-SGD setting of equal test accuracy, chapter 6).
 """
 
 from __future__ import annotations
