@@ -22,6 +22,11 @@ def test_record_and_render() -> None:
     table = execute_notebooks.render_table(times)
     assert "| {doc}`01_x` | 12 s | 2 min |" in table
     assert "| {doc}`02_y` | 40 s | not measured |" in table
+    assert "except where a note" not in table and "(1)" not in table
+    noted = execute_notebooks.record_time(times, "book", "02_y", 600, note="sum of two runs")
+    table = execute_notebooks.render_table(noted)
+    assert "| {doc}`02_y` | 40 s | 10 min (1) |" in table
+    assert table.endswith("(1) 02_y at `book` scale: sum of two runs")
 
 
 def test_update_intro_rewrites_only_between_markers(tmp_path) -> None:

@@ -65,9 +65,13 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU"
 
 
-def record_time(times: dict, scale: str, chapter: str, seconds: float) -> dict:
-    """``times`` with ``chapter``'s wall time at ``scale`` set (seconds, date, machine)."""
+def record_time(times: dict, scale: str, chapter: str, seconds: float,
+                note: str | None = None) -> dict:
+    """``times`` with ``chapter``'s wall time at ``scale`` set (seconds, date, machine), and a
+    ``note`` where the time was not one run from an empty cache (shown under the table)."""
     entry = {"seconds": round(float(seconds), 1), "date": date.today().isoformat(), "machine": machine()}
+    if note:
+        entry["note"] = note
     return {**times, scale: {**times.get(scale, {}), chapter: entry}}
 
 
@@ -83,13 +87,23 @@ def render_table(times: dict) -> str:
     chapters = sorted({c for scale in times.values() for c in scale})
     header = "| chapter | " + " | ".join(f"`{s}` scale" for s in SCALE_COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(SCALE_COLUMNS) + 1)]
+    notes = []
     for chapter in chapters:
-        cells = [_minutes(times.get(s, {}).get(chapter)) for s in SCALE_COLUMNS]
+        cells = []
+        for s in SCALE_COLUMNS:
+            entry = times.get(s, {}).get(chapter)
+            text = _minutes(entry)
+            if entry is not None and entry.get("note"):
+                notes.append(f"({len(notes) + 1}) {chapter} at `{s}` scale: {entry['note']}")
+                text += f" ({len(notes)})"
+            cells.append(text)
         lines.append(f"| {{doc}}`{chapter}` | " + " | ".join(cells) + " |")
     machines = sorted({e["machine"] for s in SCALE_COLUMNS for e in times.get(s, {}).values()})
     lines.append("")
     lines.append(f"Measured on a {', '.join(machines)} by `tools/execute_notebooks.py`: each chapter "
-                 "run alone, from an empty model cache (a second run loads its models and is faster).")
+                 "run alone, from an empty model cache (a second run loads its models and is faster)"
+                 + (", except where a note says otherwise." if notes else "."))
+    lines.extend(["", *notes] if notes else [])
     return "\n".join(lines)
 
 
