@@ -34,7 +34,12 @@ def notebook_scale(default: str = "book") -> str:
 
 
 def glue(name: str, value: Any, display: bool = False) -> None:
-    """Store ``value`` for ``{glue:text}`` in the book's prose (no-op without myst-nb)."""
+    """Store ``value`` for ``{glue:text}`` in the book's prose (no-op without myst-nb).
+
+    NumPy scalars become Python numbers first: myst-nb formats a glued number from its text
+    form, and ``np.float64(0.65)`` (NumPy 2's repr) is not a number it can format."""
+    if isinstance(value, np.generic):
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:  # Colab or plain Jupyter: the number is still printed by the cell

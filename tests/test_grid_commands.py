@@ -17,6 +17,7 @@ import pytest
 
 from mcmia_helpers import experiments, training
 from mcmia_helpers import grid as grid_runner
+from mcmia_helpers.attacks.shadows import calibration_of
 from mcmia_helpers.cli import main
 
 from grid_texts import TINY
@@ -26,7 +27,7 @@ def _fake_record(spec) -> dict:
     """What ``run_experiment`` would return, for the fields the grid reads (no training)."""
     return {"arch": spec.arch, "dataset_requested": spec.dataset, "scale": spec.scale,
             "defense": spec.defense, "params": dict(spec.params), "seed": spec.seed,
-            "dataset_description": f"fake {spec.dataset}"}
+            "dataset_description": f"fake {spec.dataset}", "calibration": calibration_of(spec)}
 
 
 @pytest.fixture()

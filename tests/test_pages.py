@@ -78,3 +78,20 @@ def test_stored_outputs_hold_figures(path: Path) -> None:
     figures = sum("image/png" in out.get("data", {}) for cell in _code(path)
                   for out in cell.get("outputs", []))
     assert figures > 0, f"{path.stem}: no stored figure"
+
+
+def test_glue_stores_numpy_scalars_as_numbers_myst_nb_can_format(monkeypatch) -> None:
+    """``np.float64(0.65)`` glued as is reaches the page as the text ``np.float64(0.65)``, which
+    myst-nb cannot format (chapter 2's AUC intervals did, with a build warning each)."""
+    import numpy as np
+    import myst_nb
+
+    from mcmia_helpers import notebook
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=False: seen.update({name: value}))
+    notebook.glue("x", np.float64(0.65))
+    notebook.glue("n", np.int64(3))
+    notebook.glue("s", "text")
+    assert type(seen["x"]) is float and seen["x"] == 0.65 and repr(seen["x"]) == "0.65"
+    assert type(seen["n"]) is int and seen["s"] == "text"
