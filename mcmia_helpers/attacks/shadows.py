@@ -27,7 +27,7 @@ from mcmia_helpers.models import build_model
 from mcmia_helpers.shadow import ShadowSpec
 
 
-#: Where the thresholds of the metric attacks and the shadow attack networks are calibrated: on
+#: Where the thresholds of the metric attacks and the shadow attack networks are calibrated, on
 #: shadow models trained with the target's defence (``target``) or without it (``undefended``).
 CALIBRATIONS = ("target", "undefended")
 

@@ -110,7 +110,7 @@ PRUNING_CHOICES: dict[str, tuple[str, str]] = {
     "iterative-profile": ("iterative", "profile"),
     "filter": ("filter", "uniform"),
 }
-#: The structured choice: L1-norm filter pruning (Li et al. 2017) of the small-image VGG16.
+#: The structured choice, L1-norm filter pruning (Li et al. 2017) of the small-image VGG16.
 STRUCTURED = "filter"
 
 #: The ``params`` a ``prune`` experiment accepts, with their defaults.

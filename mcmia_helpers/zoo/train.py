@@ -28,7 +28,7 @@ Zoos by defence:
                 together on the grouped engine (:mod:`mcmia_helpers.zoo.grouped`) with the
                 recipe of the ``prune`` defence's trainer; iterative pruning, filter pruning
                 (narrow VGG16 models: each entry records its conv widths, ``conv_channels``,
-                from which :func:`_model_from` rebuilds it) and anything the engine cannot run
+                from which ``_model_from`` rebuilds it) and anything the engine cannot run
                 go through that trainer, one model at a time;
 other defences  (``minmax``, ``prune+minmax``, ``dp``) through their registered trainer on
                 model ``i``'s members and seed, one model at a time.
