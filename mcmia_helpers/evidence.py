@@ -30,7 +30,8 @@ import numpy as np
 
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.metrics import mean_interval, per_class_auc
-from mcmia_helpers.zoo.evaluate import ZooScores, example_exposure, paired_difference, zoo_metrics
+from mcmia_helpers.zoo.evaluate import (ZooScores, _unit_means, example_exposure, paired_difference,
+                                        zoo_metrics)
 
 #: The pooled metrics a chapter reports, low-FPR first, with their plain names.
 METRICS: dict[str, str] = {
@@ -211,8 +212,7 @@ def paired_target_change(before: Sequence[float], after: Sequence[float]) -> dic
     a = np.asarray(before, dtype=np.float64)
     b = np.asarray(after, dtype=np.float64)
     n = min(len(a), len(b))
-    d = b[:n] - a[:n]
-    units = d.reshape(-1, 2).mean(1) if n % 2 == 0 else d
+    units = _unit_means(b[:n] - a[:n])
     mean, low, high = mean_interval(units)
     if len(units) < 2:
         low = high = math.nan
