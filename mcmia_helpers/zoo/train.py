@@ -49,8 +49,9 @@ from mcmia_helpers.context import ExperimentSpec, TargetContext, arch_view
 from mcmia_helpers.data import DATASETS, MIASplit, load_dataset
 from mcmia_helpers.defences import (DEFENSES, PARAM_VALIDATORS, check_defense_name,
                                     validate_defense_params)
-from mcmia_helpers.defences.pruning import (STRUCTURED, ADMMSettings, check_pruning_arch,
-                                            conv_channels, default_sparsity_profile,
+from mcmia_helpers.defences.pruning import (PRUNING_CHOICES, STRUCTURED, ADMMSettings,
+                                            check_pruning_arch, conv_channels,
+                                            default_sparsity_profile,
                                             resolve_sparsity, train_pruned, vgg_with_channels)
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, notice, set_aside
@@ -454,14 +455,18 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
     engine (:func:`~mcmia_helpers.zoo.grouped.prune_models_batched`) with the recipe of
     :func:`~mcmia_helpers.defences.pruning.train_pruned`; where the engine cannot, one at a time."""
     ctx = setup.ctx
-    method = params["pruning"]
+    choice = params["pruning"]
+    method, allocation = PRUNING_CHOICES[choice]
     probe = _builder(setup)()
     if params.get("sparsity_spec") is not None:
         sparsity: Any = resolve_sparsity(probe, params["sparsity_spec"])
-    elif method == "admm":
+    elif allocation == "profile":  # admm, magnitude-profile: ADMM's per-layer targets
         sparsity = default_sparsity_profile(probe, params["sparsity"])
-    else:
-        sparsity = params["sparsity"]
+    elif method == "magnitude":
+        sparsity = params["sparsity"]  # one global threshold per model
+    else:  # admm-global (targets from each dense model's own threshold), iterative
+        _train_one_by_one(setup, "prune", params, missing, keys, entries, progress)
+        return
     epochs = max(1, ctx.train_config.epochs // 2)
     pool = setup.zoo_pool.pool
     for start in range(0, len(missing), max(1, group_size)):
@@ -478,7 +483,9 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
             continue
         for i, model, seed, info in zip(group, models, seeds, infos):
             (entries[i],) = _save_entries(setup, [keys[i]], [model], [seed],
-                                          {**info, "pruning": method, "sparsity": params["sparsity"]})
+                                          {**info, "pruning": choice, "pruning_algorithm": method,
+                                           "sparsity_allocation": allocation,
+                                           "sparsity": params["sparsity"]})
         _drop_checkpoints(checkpoint)
 
 
