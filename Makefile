@@ -72,7 +72,8 @@ smoke: data
 	  $(PY) tools/paper_smoke.py --out "$$cache/paper_smoke.jsonl"
 
 # Re-execute every chapter at book scale and store its outputs; each chapter's measured time
-# goes to book/run_times.json and the intro's table (about half an hour on 2 CPU cores).
+# goes to book/run_times.json and the intro's table (about 40 minutes on 2 CPU cores from an empty
+# model cache, most of it chapter 6's zoos).
 notebooks: data
 	MCMIA_SCALE=book $(PY) tools/execute_notebooks.py book/*.ipynb
 

@@ -74,6 +74,10 @@ class ExperimentSpec:
                             "forms: LeNet-5 trains on digits without it (drop augment)")
 
 
+#: The ``role`` entry of a defence-aware shadow model's cache key (see :func:`shadow_context`).
+SHADOW_ROLE = "defence-aware shadow"
+
+
 @dataclass
 class TargetContext:
     """Everything a defence's trainer needs to train the target model."""
@@ -88,6 +92,13 @@ class TargetContext:
     #: Extra entries of the cache key (a defence-aware shadow model's members, see
     #: :func:`shadow_context`); empty for a target, so targets keep their keys.
     cache_extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_shadow(self) -> bool:
+        """Whether this context trains an attacker's defence-aware shadow model
+        (:func:`shadow_context`) rather than a target: such a model's record is never shown, so
+        its trainer may skip what only a record needs (a pruned model's file sizes)."""
+        return self.cache_extra.get("role") == SHADOW_ROLE
 
     def build(self, dp_compatible: bool = False) -> nn.Module:
         """A fresh, seeded model of the experiment's architecture for this data."""
@@ -162,4 +173,4 @@ def shadow_context(ctx: TargetContext, members: torch.Tensor, seed: int) -> Targ
     split = replace(ctx.split, members=members, nonmembers=empty, shadow_pool=empty)
     return replace(ctx, spec=replace(ctx.spec, seed=int(seed)), split=split,
                    train_config=replace(ctx.train_config, seed=int(seed)),
-                   cache_extra={**ctx.cache_extra, "role": "defence-aware shadow", "members_sha256": digest})
+                   cache_extra={**ctx.cache_extra, "role": SHADOW_ROLE, "members_sha256": digest})

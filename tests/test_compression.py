@@ -76,6 +76,15 @@ def test_file_sizes_compare_like_for_like() -> None:
     assert mixed > max(report["size_ratio_raw"], report["size_ratio_compressed"])
 
 
+def test_report_without_file_sizes_keeps_everything_else() -> None:
+    model = _pruned_lenet(0.9)
+    full = C.compression_report(model, (1, 28, 28))
+    counted = C.compression_report(model, (1, 28, 28), file_sizes=False)
+    assert set(C.FILE_SIZE_KEYS) <= set(full)
+    assert set(counted) == set(full) - set(C.FILE_SIZE_KEYS)
+    assert all(counted[key] == full[key] for key in counted)
+
+
 def test_torch_prune_reparametrisation_is_counted_as_pruned() -> None:
     torch.manual_seed(0)
     model = build_model("lenet5")

@@ -14,6 +14,7 @@ from mcmia_helpers.attacks import AttackScores, compute_attack_scores, defence_a
 from mcmia_helpers.data import load_dataset, make_split
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec, TargetContext, shadow_context
+from mcmia_helpers.defences.compression import FILE_SIZE_KEYS
 from mcmia_helpers.metrics import mean_interval, tpr_at_fpr
 from mcmia_helpers.models import count_parameters
 from mcmia_helpers.defences.pruning import prunable_layers
@@ -152,6 +153,7 @@ def test_shadow_context_changes_only_members_and_seed(small_target) -> None:
     assert shadow.cache_config() != ctx.cache_config()
     assert shadow_context(ctx, ctx.split.members, seed=77).cache_config() != shadow.cache_config()
     assert "members_sha256" not in ctx.cache_config()  # targets keep their cache keys
+    assert shadow.is_shadow and not ctx.is_shadow
     # The shadow's split holds no part it was drawn from, so it never overlaps itself (the
     # Min-Max game checks that; it rejected every shadow model drawn from the candidates).
     assert shadow.split.nonmembers.numel() == 0 and shadow.split.shadow_pool.numel() == 0
@@ -173,10 +175,16 @@ def test_defence_aware_lira_trains_pruned_shadows(small_target) -> None:
 
     pruned_ctx = replace(ctx, spec=replace(ctx.spec, defense="prune",
                                            params={"pruning": "magnitude", "sparsity": 0.8}))
-    pruned, _ = DEFENSES["prune"](pruned_ctx)
+    pruned, target_extra = DEFENSES["prune"](pruned_ctx)
     specs, _ = lira_model_specs(pruned_ctx)
     shadows = defence_aware_models(pruned_ctx, specs)
     assert len(shadows) == 4
+    # The target's record measures its files; a shadow model (loaded from the cache here)
+    # skips that serialising and deflating, and keeps the rest of the report.
+    _, shadow_extra = DEFENSES["prune"](shadow_context(pruned_ctx, specs[0].indices, specs[0].seed))
+    assert shadow_extra["cached"] and "size_ratio_raw" in target_extra
+    assert not set(FILE_SIZE_KEYS) & set(shadow_extra)
+    assert shadow_extra["sparsity_achieved"] == pytest.approx(0.8, abs=0.01)
     for model in shadows:  # each shadow model has the zeros the defence claims
         weights = [m.weight for m in prunable_layers(model).values()]
         zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)

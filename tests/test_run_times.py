@@ -23,6 +23,9 @@ def test_record_and_render() -> None:
     assert "| {doc}`01_x` | 12 s | 2 min |" in table
     assert "| {doc}`02_y` | 40 s | not measured |" in table
     assert "except where a note" not in table and "(1)" not in table
+    assert "| whole book (the sum) | 52 s | — |" in table  # book scale: 02_y not measured
+    full = execute_notebooks.record_time(times, "book", "02_y", 3600)
+    assert "| whole book (the sum) | 52 s | 62 min |" in execute_notebooks.render_table(full)
     noted = execute_notebooks.record_time(times, "book", "02_y", 600, note="sum of two runs")
     table = execute_notebooks.render_table(noted)
     assert "| {doc}`02_y` | 40 s | 10 min (1) |" in table

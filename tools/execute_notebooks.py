@@ -98,6 +98,12 @@ def render_table(times: dict) -> str:
                 text += f" ({len(notes)})"
             cells.append(text)
         lines.append(f"| {{doc}}`{chapter}` | " + " | ".join(cells) + " |")
+    totals = []
+    for s in SCALE_COLUMNS:
+        measured = [times.get(s, {}).get(chapter) for chapter in chapters]
+        totals.append("—" if None in measured else
+                      _minutes({"seconds": sum(e["seconds"] for e in measured)}))
+    lines.append("| whole book (the sum) | " + " | ".join(totals) + " |")
     machines = sorted({e["machine"] for s in SCALE_COLUMNS for e in times.get(s, {}).values()})
     lines.append("")
     lines.append(f"Measured on a {', '.join(machines)} by `tools/execute_notebooks.py`: each chapter "
@@ -146,7 +152,8 @@ def execute(path: Path, timeout: int, store: bool = True) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
-    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--timeout", type=int, default=3 * 3600,
+                        help="seconds per cell (chapter 6 trains its zoos in one cell)")
     parser.add_argument("--times-only", action="store_true",
                         help="measure run times without storing outputs (e.g. at MCMIA_SCALE=ci)")
     parser.add_argument("--keep-cache", action="store_true",

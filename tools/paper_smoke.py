@@ -116,8 +116,37 @@ def check_record(record: dict[str, Any], spec) -> list[str]:
     return problems
 
 
-def run(specs: list, out: str | os.PathLike, log=lambda line: print(line, flush=True)) -> Iterator[tuple[Any, dict, list[str]]]:
-    """Run ``specs`` missing from ``out``; yield (spec, record, problems) for each one run now."""
+def cache_files() -> set[Path]:
+    """Every file in the model cache now (``MCMIA_CACHE``), sub-folders included."""
+    from mcmia_helpers.training import cache_dir
+
+    root = cache_dir()
+    return {p for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+
+
+def evict_new_models(before: set[Path]) -> int:
+    """Delete the cache files that appeared since ``before``; returns how many bytes that freed.
+
+    A defended cell's models (its target, its defence-aware shadow models) are used by no other
+    cell, while the undefended cell's (dense target, shadow and LiRA models) are reused by every
+    defended cell of its architecture and data: :func:`run` keeps those and evicts the rest, so
+    the disk holds one architecture's shared models plus one cell's (a full-width VGG16 is
+    550 MB a model: the whole grid's models would fill tens of GB)."""
+    freed = 0
+    for path in cache_files() - before:
+        try:
+            freed += path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    return freed
+
+
+def run(specs: list, out: str | os.PathLike, log=lambda line: print(line, flush=True),
+        keep_models: bool = False) -> Iterator[tuple[Any, dict, list[str]]]:
+    """Run ``specs`` missing from ``out``; yield (spec, record, problems) for each one run now.
+    The models a defended cell trained are deleted from the cache once its record is written
+    (see :func:`evict_new_models`) unless ``keep_models``."""
     from mcmia_helpers.experiments import run_experiment
     from mcmia_helpers.io import append_jsonl, read_jsonl
 
@@ -127,11 +156,14 @@ def run(specs: list, out: str | os.PathLike, log=lambda line: print(line, flush=
         if ident in done:
             continue
         started = time.perf_counter()
+        before = cache_files()
         record = run_experiment(spec)
         record["smoke_cell_id"] = ident
         problems = check_record(record, spec)
         record["smoke_problems"] = problems
         append_jsonl(out, record)
+        if spec.defense != "none" and not keep_models:
+            evict_new_models(before)
         log(f"{'FAIL' if problems else 'ok  '} {ident} {time.perf_counter() - started:.1f}s "
             f"({record['dataset_description']}){': ' + '; '.join(problems) if problems else ''}")
         yield spec, record, problems

@@ -737,12 +737,12 @@ def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
 
     model, cache_info = load_or_train(config, lambda: copy.deepcopy(dense_model), train)
     report = compression_report(model, (ctx.bundle.in_channels, ctx.bundle.image_size,
-                                        ctx.bundle.image_size))
+                                        ctx.bundle.image_size), file_sizes=not ctx.is_shadow)
     extra = {key: report[key] for key in (
         "sparsity_per_layer", "compression_ratio", "compression_ratio_prunable",
         "size_dense_bytes", "size_sparse_raw_bytes", "size_ratio_raw",
         "size_dense_compressed_bytes", "size_sparse_bytes", "size_ratio_compressed",
-        "flops_dense", "flops_effective")}
+        "flops_dense", "flops_effective") if key in report}
     extra.update({
         "pruning": choice, "pruning_algorithm": method,
         "sparsity_allocation": "file" if params["sparsity_spec"] is not None else allocation,
@@ -808,7 +808,8 @@ def _train_filter_pruned(ctx: TargetContext, params: Mapping[str, Any],
     model, cache_info = load_or_train(config, lambda: vgg_with_channels(probe, channels), train)
     model.to(ctx.device)
     extra = structured_report(dense_model, model, (ctx.bundle.in_channels, ctx.bundle.image_size,
-                                                   ctx.bundle.image_size))
+                                                   ctx.bundle.image_size),
+                              file_sizes=not ctx.is_shadow)
     extra.update({
         "pruning": STRUCTURED, "pruning_algorithm": STRUCTURED, "sparsity_allocation": "uniform",
         "sparsity": params["sparsity"], "sparsity_spec": None,
@@ -1010,8 +1011,8 @@ def vgg_with_channels(model: nn.Module, channels: list[int]) -> nn.Module:
     return _narrow_vgg(model, lambda i, conv: torch.arange(channels[i], device=conv.weight.device))
 
 
-def structured_report(dense: nn.Module, narrow: nn.Module,
-                      input_shape: tuple[int, ...]) -> dict[str, Any]:
+def structured_report(dense: nn.Module, narrow: nn.Module, input_shape: tuple[int, ...],
+                      file_sizes: bool = True) -> dict[str, Any]:
     """What filter pruning bought, counted from both models, in the fields of an unstructured
     pruning record (:func:`~mcmia_helpers.defences.compression.compression_report`), so the two
     compare like for like: "dense" is the unpruned ``dense`` model, "sparse" the ``narrow``
@@ -1020,10 +1021,12 @@ def structured_report(dense: nn.Module, narrow: nn.Module,
     ``compression_ratio(_prunable)`` dense parameters per nonzero kept one; raw and compressed
     file sizes of both; ``flops_dense`` the dense model's MACs and ``flops_effective`` the
     narrow model's (real: no sparse kernel needed). Plus ``params_dense``, ``params_kept``,
-    ``param_share`` (kept / dense prunable weights) and ``param_share_total``.
+    ``param_share`` (kept / dense prunable weights) and ``param_share_total``. ``file_sizes=False``
+    leaves the file sizes out, as :func:`~mcmia_helpers.defences.compression.compression_report` does.
     """
-    d, n = compression_report(dense, input_shape), compression_report(narrow, input_shape)
-    return {
+    d = compression_report(dense, input_shape, file_sizes=file_sizes)
+    n = compression_report(narrow, input_shape, file_sizes=file_sizes)
+    report = {
         "sparsity_per_layer": {name: 1.0 - n["layers"][name]["nonzero"] / layer["params"]
                                for name, layer in d["layers"].items()},
         "sparsity_achieved": 1.0 - n["prunable_nonzero"] / d["prunable_total"],
@@ -1032,11 +1035,16 @@ def structured_report(dense: nn.Module, narrow: nn.Module,
         "param_share_total": n["params_total"] / d["params_total"],
         "compression_ratio": d["params_total"] / max(1, n["params_nonzero"]),
         "compression_ratio_prunable": d["prunable_total"] / max(1, n["prunable_nonzero"]),
+        "flops_dense": d["flops_dense"], "flops_effective": n["flops_dense"],
+    }
+    if not file_sizes:
+        return report
+    report.update({
         "size_dense_bytes": d["size_dense_bytes"],
         "size_sparse_raw_bytes": n["size_sparse_raw_bytes"],
         "size_ratio_raw": d["size_dense_bytes"] / max(1, n["size_sparse_raw_bytes"]),
         "size_dense_compressed_bytes": d["size_dense_compressed_bytes"],
         "size_sparse_bytes": n["size_sparse_bytes"],
         "size_ratio_compressed": d["size_dense_compressed_bytes"] / max(1, n["size_sparse_bytes"]),
-        "flops_dense": d["flops_dense"], "flops_effective": n["flops_dense"],
-    }
+    })
+    return report
