@@ -113,15 +113,19 @@ class SmokeCap:
     Each architecture keeps its width, optimiser, learning rate, weight decay, schedule and
     augmentation (the recipe is what a smoke run checks), but trains with batches of at most
     ``batch_size`` on ``batches x batch_size`` members (so every epoch is ``batches`` steps,
-    and every pool of the split is as small), for ``epochs`` epoch(s), with at most ``models``
-    shadow and LiRA models each. ``MCMIA_SMOKE=N`` sets ``batches=N``. (A full-width ResNet18
+    and every pool of the split is as small), for ``epochs`` epoch(s), with at most
+    ``shadow_models`` shadow models (one calibrates thresholds and trains the attack networks;
+    with a defence each goes through it, the costliest part of a smoke cell) and ``lira_models``
+    LiRA models (two: LiRA needs an IN and an OUT model per example). ``MCMIA_SMOKE=N`` sets
+    ``batches=N``. (A full-width ResNet18
     step on 128 images costs about 0.2 TFLOP: at the paper's batch size one smoke cell takes
     minutes on a 2-core CPU, at 8 seconds.)
     """
 
     batches: int = 2
     epochs: int = 1
-    models: int = 2
+    shadow_models: int = 1
+    lira_models: int = 2
     batch_size: int = 8
 
     def apply(self, arch_scale: ArchScale) -> ArchScale:
@@ -130,8 +134,8 @@ class SmokeCap:
         return replace(arch_scale, batch_size=batch,
                        n_members=min(arch_scale.n_members, self.batches * batch),
                        epochs=min(arch_scale.epochs, self.epochs),
-                       n_shadow_models=min(arch_scale.n_shadow_models, self.models),
-                       n_lira_models=min(arch_scale.n_lira_models, self.models))
+                       n_shadow_models=min(arch_scale.n_shadow_models, self.shadow_models),
+                       n_lira_models=min(arch_scale.n_lira_models, self.lira_models))
 
     def to_dict(self) -> dict:
         return asdict(self)

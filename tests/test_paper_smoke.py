@@ -1,7 +1,8 @@
 """The ``paper`` scale exercised on the CPU (issue 13), with ``tools/paper_smoke.py``.
 
-The whole grid (every cell, ImageNet at 64 and 224 px: about 150 experiments at full width)
-takes far longer than ``make test`` allows on 2 cores, so it is ``make smoke``. Here: the smoke
+The whole grid (every cell, ImageNet at 64 and 224 px: 143 experiments at full width) takes
+longer than ``make test`` allows on 2 cores, so it is ``make smoke`` (``.ci/run`` runs its
+``defences`` coverage, every architecture, data form and defence once). Here: the smoke
 cell list covers every cell of the shipped grid (no training), and three real smoke cells run end
 to end at full width with the paper's recipe under the cap: LeNet-5 under DP-SGD on the named
 stand-in, ResNet18 on a tiny 64 px ImageFolder under pruning + Min-Max (augmentation on, every
@@ -42,6 +43,25 @@ def test_smoke_cells_cover_the_shipped_paper_grid(tmp_path) -> None:
     assert all(s.scale == "paper" for s in specs)
 
 
+def test_defences_coverage_runs_each_defence_once_per_architecture_and_form(tmp_path) -> None:
+    grid = paper_smoke.smoke_specs(tmp_path / "inet")
+    ci = paper_smoke.smoke_specs(tmp_path / "inet", coverage="defences")
+    assert {paper_smoke.smoke_cell_id(s) for s in ci} < {paper_smoke.smoke_cell_id(s) for s in grid}
+
+    def form(s):
+        return s.arch, s.dataset, s.imagenet_size if s.dataset == "imagenet" else None
+
+    forms = {form(s) for s in grid}
+    assert len(forms) == 13  # 4 x (MNIST or CIFAR-10/100) + 3 ImageNet forms at 64 and 224 px
+    assert sorted((form(s), s.defense) for s in ci) == sorted(
+        {(form(s), s.defense) for s in grid})  # every defence of every form, exactly once
+    firsts = {s.defense: s.params for s in ci if form(s) == ("lenet5", "mnist", None)}
+    assert firsts["prune"]["sparsity"] == 0.9 and firsts["minmax"]["lam"] == 1.0
+    assert firsts["dp"]["epsilon"] == 1.0 and firsts["prune+minmax"]["sparsity"] == 0.9
+    with pytest.raises(ValueError, match="coverage"):
+        paper_smoke.smoke_specs(tmp_path / "inet", coverage="some")
+
+
 def test_smoke_cap_keeps_the_recipe_and_caps_the_cost(monkeypatch) -> None:
     monkeypatch.setenv("MCMIA_SMOKE", "2")
     capped = get_scale("paper")
@@ -53,7 +73,7 @@ def test_smoke_cap_keeps_the_recipe_and_caps_the_cost(monkeypatch) -> None:
         for key in ("width", "optimizer", "lr", "weight_decay", "schedule", "augment"):
             assert getattr(got, key) == getattr(paper, key), (arch, key)
         assert got.batch_size == 8 and got.n_members == 16 and got.epochs == 1
-        assert got.n_shadow_models == 2 and got.n_lira_models == 2
+        assert got.n_shadow_models == 1 and got.n_lira_models == 2  # LiRA: an IN and an OUT
     monkeypatch.setenv("MCMIA_SMOKE", "0")
     assert smoke_cap() is None and get_scale("paper").for_arch("vgg16").n_members == 10000
     monkeypatch.setenv("MCMIA_SMOKE", "lots")
@@ -90,4 +110,8 @@ def test_three_paper_cells_run_end_to_end(tmp_path, monkeypatch) -> None:
     assert resnet224["augmentation"].startswith("random crop 224x224 from reflect-padding 28")
     # A rerun finds both cells done and runs nothing.
     assert list(paper_smoke.run(specs, out)) == []
+    # The defended cells' models were deleted once their records were written; the undefended
+    # cell's (its target, shadow and LiRA models, which defended cells reuse) were kept.
+    kept = {p.name for p in (tmp_path / "cache").rglob("*.pt")}
+    assert kept and len(kept) <= 4 + 1  # the 224-px cell: target, 1 shadow, 2 LiRA (+ a group)
     print(f"three paper smoke cells: {time.perf_counter() - started:.0f} s")

@@ -2,7 +2,7 @@
 
 Every (architecture, dataset, defence, parameter) cell of ``mcmia_helpers/configs/paper.yaml``
 runs once (seed 0) through :func:`mcmia_helpers.experiments.run_experiment` under
-``MCMIA_SMOKE`` (:class:`mcmia_helpers.scales.SmokeCap`: 2 batches of 8 per epoch, 1 epoch, 2
+``MCMIA_SMOKE`` (:class:`mcmia_helpers.scales.SmokeCap`: N batches of 8 per epoch, 1 epoch, 1
 shadow and 2 LiRA models) at the paper's full widths, optimiser, learning rate, schedule and
 augmentation; the ImageNet cells run at 64 px (as shipped) and again at 224 px (the ImageNet
 forms of the models) on a tiny ImageFolder tree this script writes (or ``--imagenet-root``).
@@ -10,7 +10,14 @@ MNIST and CIFAR are used when they load; offline the cells say ``standin: fashio
 explicitly and every record names the stand-in.
 
 Each record is checked (:func:`check_record`) and appended to ``--out`` (JSON lines; a rerun
-skips the cells already there). Exit status 1 if any check fails.
+skips the cells already there). Exit status 1 if any check fails. A defended cell's models are
+deleted once its record is written, an architecture's shared models when the next one starts
+(:func:`evict_new_models`; ``--keep-models`` keeps them).
+
+``--coverage defences`` (what ``.ci/run`` runs) takes every architecture, data form and defence
+once: 65 cells, measured at 742 s on a 2-core CPU at ``MCMIA_SMOKE=1`` (two thirds of it the
+five cells of VGG16's 224-px ImageNet form, 138 M parameters: 550 MB a model; peak memory 13 GB,
+under DP-SGD's per-example gradients). ``--coverage grid`` is every cell (143).
 
     python tools/paper_smoke.py --out results/smoke/paper_smoke.jsonl          # the whole grid
     python tools/paper_smoke.py --out /tmp/s.jsonl --only resnet18/imagenet224  # some cells
@@ -60,12 +67,30 @@ def smoke_cell_id(spec) -> str:
     return cell_id(spec)
 
 
-def smoke_specs(imagenet_root: str | os.PathLike, seed: int = 0) -> list:
-    """Every cell of the shipped paper grid, one seed, stand-in named, ImageNet at 64 and 224 px."""
+#: What a smoke run covers: ``grid``, every cell of the shipped grid (every value of every
+#: defence parameter); ``defences``, every architecture, data form and defence once, each
+#: defence at the first value of each of its parameters (the other values run the same code
+#: with other numbers): what ``.ci/run`` affords.
+COVERAGES = ("grid", "defences")
+
+
+def first_values(defence: dict[str, Any]) -> dict[str, Any]:
+    """A grid ``defenses`` entry with each list of values cut to its first value."""
+    return {key: value[:1] if isinstance(value, list) else value for key, value in defence.items()}
+
+
+def smoke_specs(imagenet_root: str | os.PathLike, seed: int = 0, coverage: str = "grid") -> list:
+    """The cells of the shipped paper grid that ``coverage`` (:data:`COVERAGES`) asks for, one
+    seed, stand-in named, ImageNet at 64 and 224 px."""
     from mcmia_helpers.grid import expand, load_grid
 
+    if coverage not in COVERAGES:
+        raise ValueError(f"coverage {coverage!r} is not one of {COVERAGES}")
     grid = copy.deepcopy(load_grid("paper"))
     grid["seeds"] = [seed]
+    if coverage == "defences":
+        for cell in grid["cells"]:
+            cell["defenses"] = [first_values(d) for d in cell["defenses"]]
     cells = []
     for cell in grid["cells"]:
         if cell["dataset"] == "imagenet":
@@ -129,9 +154,9 @@ def evict_new_models(before: set[Path]) -> int:
 
     A defended cell's models (its target, its defence-aware shadow models) are used by no other
     cell, while the undefended cell's (dense target, shadow and LiRA models) are reused by every
-    defended cell of its architecture and data: :func:`run` keeps those and evicts the rest, so
-    the disk holds one architecture's shared models plus one cell's (a full-width VGG16 is
-    550 MB a model: the whole grid's models would fill tens of GB)."""
+    defended cell of its architecture and data form: :func:`run` keeps those until the next
+    form starts and evicts the rest at once, so the disk holds one form's shared models plus
+    one cell's (a full-width VGG16 is 550 MB a model: the grid's models would fill tens of GB)."""
     freed = 0
     for path in cache_files() - before:
         try:
@@ -151,11 +176,16 @@ def run(specs: list, out: str | os.PathLike, log=lambda line: print(line, flush=
     from mcmia_helpers.io import append_jsonl, read_jsonl
 
     done = {r.get("smoke_cell_id") for r in read_jsonl(out)} if Path(out).exists() else set()
+    form, form_files = None, cache_files()
     for spec in specs:
         ident = smoke_cell_id(spec)
         if ident in done:
             continue
         started = time.perf_counter()
+        this_form = (spec.arch, spec.dataset, spec.imagenet_size)
+        if this_form != form and not keep_models:  # the last form's shared models: done with
+            evict_new_models(form_files)
+            form, form_files = this_form, cache_files()
         before = cache_files()
         record = run_experiment(spec)
         record["smoke_cell_id"] = ident
@@ -173,19 +203,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON-lines file of smoke records")
     parser.add_argument("--only", default=None, help="run only the cells whose id contains this")
+    parser.add_argument("--coverage", choices=COVERAGES, default="grid",
+                        help="grid: every cell of the shipped grid (default); defences: every "
+                             "architecture, data form and defence once (what CI runs)")
+    parser.add_argument("--keep-models", action="store_true",
+                        help="keep every cell's models in the cache (default: a defended cell's "
+                             "models are deleted once its record is written)")
     parser.add_argument("--imagenet-root", default=None,
                         help="an ImageFolder tree (default: a tiny one written to a temporary folder)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MCMIA_SMOKE", "2")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.imagenet_root or write_tiny_imagefolder(Path(tmp) / "imagenet")
-        specs = [s for s in smoke_specs(root) if args.only is None or args.only in smoke_cell_id(s)]
+        specs = [s for s in smoke_specs(root, coverage=args.coverage)
+                 if args.only is None or args.only in smoke_cell_id(s)]
         if not specs:
             print(f"--only {args.only!r} matches no smoke cell", file=sys.stderr)
             return 2
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        failed = sum(bool(problems) for _, _, problems in run(specs, args.out))
-    print(f"{len(specs)} smoke cells ({failed} failed now); records in {args.out}")
+        started = time.perf_counter()
+        failed = sum(bool(problems) for _, _, problems in run(specs, args.out,
+                                                               keep_models=args.keep_models))
+    print(f"{len(specs)} smoke cells ({args.coverage}; {failed} failed now) in "
+          f"{time.perf_counter() - started:.0f} s; records in {args.out}")
     return 1 if failed else 0
 
 
