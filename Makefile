@@ -66,7 +66,8 @@ test: data browser
 # 8 per epoch, 1 epoch, 1 shadow and 2 LiRA models; full widths, the paper's recipe; ImageNet at
 # 64 and 224 px on a tiny tree; offline the stand-in is named). SMOKE_COVERAGE=grid (by hand):
 # every cell; SMOKE_COVERAGE=defences (what .ci/run runs): every architecture, data form and
-# defence once. Times: see tools/paper_smoke.py. `make test` runs three cells itself.
+# defence once (65 cells, 12-14 min on 2 cores; the grid's 143 cells take 27 min, see
+# tools/paper_smoke.py). `make test` runs three cells itself.
 SMOKE_COVERAGE ?= grid
 smoke: data
 	cache=$$(mktemp -d) && trap 'rm -rf "$$cache"' EXIT && \
