@@ -5,7 +5,10 @@
 where myst-nb is not installed, e.g. on Colab), and ``scale_note()`` is the one sentence that
 every result in the book carries: what ran, on what data, at what scale. ``paper_table()``
 shows a table as a paper would: plain-language columns, rates as percentages with their
-interval in one cell, no index numbers, and narrow enough for the page.
+interval in one cell, no index numbers, and narrow enough for the page. ``check_glued()`` is
+what a chapter's hidden claim cell calls: every number and sentence glued into the prose must
+equal the entry of the table it summarises (issue 22: a verdict computed from other scores than
+the prose names passed when it was only checked against its own interval).
 """
 
 from __future__ import annotations
@@ -33,18 +36,59 @@ def notebook_scale(default: str = "book") -> str:
     return scale
 
 
+#: Every value :func:`glue` stored in this kernel, by name (what :func:`check_glued` reads).
+GLUED: dict[str, Any] = {}
+
+
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Store ``value`` for ``{glue:text}`` in the book's prose (no-op without myst-nb).
 
     NumPy scalars become Python numbers first: myst-nb formats a glued number from its text
-    form, and ``np.float64(0.65)`` (NumPy 2's repr) is not a number it can format."""
+    form, and ``np.float64(0.65)`` (NumPy 2's repr) is not a number it can format. The value is
+    also kept in :data:`GLUED`, for the chapter's claim cell."""
     if isinstance(value, np.generic):
         value = value.item()
+    GLUED[name] = value
     try:
         from myst_nb import glue as _glue
     except ImportError:  # Colab or plain Jupyter: the number is still printed by the cell
         return
     _glue(name, value, display=display)
+
+
+def _same(glued: Any, wanted: Any, rel: float) -> bool:
+    if isinstance(wanted, numbers.Real) and not isinstance(wanted, bool):
+        if not isinstance(glued, numbers.Real) or isinstance(glued, bool):
+            return False
+        if math.isnan(wanted) or math.isnan(glued):
+            return math.isnan(wanted) and math.isnan(glued)
+        return math.isclose(glued, wanted, rel_tol=rel, abs_tol=1e-12)
+    return type(glued) is type(wanted) and glued == wanted
+
+
+def check_glued(expected: Mapping[str, Any], prefix: str, *, unchecked: Iterable[str] = (),
+                rel: float = 1e-9) -> None:
+    """Check a chapter's glued values against the entries of the tables the prose summarises.
+
+    ``expected`` maps a glue name to the value read from its table (the rows built from the
+    scores the prose names): numbers must agree to ``rel`` (relative), texts exactly. Every
+    name glued under ``prefix`` must appear in ``expected`` or in ``unchecked`` (labels such as
+    the scale), so a number glued later without a check fails too. Raises ``AssertionError``
+    naming every mismatch, every expected name never glued and every glued name left out.
+    """
+    unchecked = set(unchecked)
+    problems = []
+    for name, wanted in expected.items():
+        if name not in GLUED:
+            problems.append(f"{name} was never glued")
+        elif not _same(GLUED[name], wanted, rel):
+            problems.append(f"{name} glued as {GLUED[name]!r}, its table says {wanted!r}")
+    left_out = sorted(n for n in GLUED if n.startswith(prefix) and n not in expected
+                      and n not in unchecked)
+    if left_out:
+        problems.append(f"glued without a check against a table: {', '.join(left_out)}")
+    if problems:
+        raise AssertionError("; ".join(problems))
 
 
 def scale_note(scale: str, dataset_description: str, **sizes: Any) -> str:
