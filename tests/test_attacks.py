@@ -141,12 +141,13 @@ def _lira_world(n_models: int, n_examples: int = 400, seed: int = 0):
 
 @pytest.mark.parametrize("online", [True, False])
 def test_lira_threshold_is_leave_one_out(online: bool) -> None:
-    """Each shadow model in turn is the target, scored by the *other* models against its own
-    IN/OUT sets; the threshold is the best one over all of those scores."""
+    """Each shadow model in turn is the target, scored by the *other* models but its partner
+    (trained on the complement of its members) against its own IN/OUT sets; the threshold is
+    the best one over all of those scores."""
     _, in_mask, stats = _lira_world(8)
     scores, labels = [], []
     for j in range(8):
-        others = [i for i in range(8) if i != j]
+        others = [i for i in range(8) if i not in (j, j ^ 1)]  # lira_in_out_sets' pairs
         s = lira_scores(stats[j], stats[others], in_mask[others], online, True)
         scores.append(s)
         labels.append(in_mask[j].numpy())
@@ -156,6 +157,11 @@ def test_lira_threshold_is_leave_one_out(online: bool) -> None:
     # over-confident calibration: the test above tells the two apart
     with_self = np.concatenate([lira_scores(stats[j], stats, in_mask, online, True) for j in range(8)])
     assert best_threshold(np.concatenate(labels).astype(int), with_self) != expected
+    # so is keeping the partner: every example IN for one model fewer when it is a member
+    with_partner = np.concatenate([
+        lira_scores(stats[j], stats[[i for i in range(8) if i != j]],
+                    in_mask[[i for i in range(8) if i != j]], online, True) for j in range(8)])
+    assert best_threshold(np.concatenate(labels).astype(int), with_partner) != expected
 
 
 @pytest.mark.parametrize("online", [True, False])

@@ -86,14 +86,21 @@ def lira_threshold(shadow_stats: torch.Tensor, in_mask: torch.Tensor, online: bo
                    global_variance: bool) -> float | None:
     """Leave-one-out calibration: each shadow model in turn plays the target, scored by the
     others against its own IN/OUT sets; the best threshold over all of them (scored with N-1
-    models, so an approximation of the threshold for N). ``None`` when the other models cannot
-    score every example (fewer than 4 shadow models): the accuracy is then the oracle's."""
+    models, so an approximation of the threshold for N). A model trained on exactly the
+    complement of the stand-in target's members (its partner in :func:`lira_in_out_sets`'
+    pairs) is left out with it, as the zoo leaves out a target's partner: with it, every
+    example would be IN for one model fewer when it is a member of the stand-in than when it
+    is not, and the stand-in's scores would not be those of a target, whose shadow models
+    trained independently of it. ``None`` when the other models cannot score every example
+    (fewer than 4 shadow models): the accuracy is then the oracle's."""
     n_models = shadow_stats.shape[0]
     if n_models < 4:
         return None
+    in_mask = in_mask.bool()
     scores, labels = [], []
     for j in range(n_models):
-        others = [i for i in range(n_models) if i != j]
+        others = [i for i in range(n_models)
+                  if i != j and not torch.equal(in_mask[i], ~in_mask[j])]
         s = lira_scores(shadow_stats[j], shadow_stats[others], in_mask[others], online, global_variance)
         ok = np.isfinite(s)
         scores.append(s[ok])
