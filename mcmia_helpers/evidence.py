@@ -96,13 +96,15 @@ def paired_row(a: ZooScores, b: ZooScores, metric: str, subset: str = "all",
 def targets_needed(n_targets: int, half_width: float, wanted_half_width: float) -> int:
     """Targets an interval of half-width ``wanted_half_width`` would need, from one of
     ``half_width`` on ``n_targets`` (widths shrink as ``1 / sqrt(n)``), rounded up to whole
-    pairs of targets. ``n_targets`` when the interval is already narrow enough."""
+    pairs of targets. ``n_targets`` when the interval is already narrow enough. The ratio is
+    rounded to 9 significant digits first, so that floating-point noise does not cost a pair:
+    ``8 * (0.07 / 0.01) ** 2`` is ``392.00000000000006`` in floating point, and 392 targets."""
     if n_targets < 1 or wanted_half_width <= 0 or not math.isfinite(half_width):
         raise UserError("targets_needed needs n_targets >= 1, a finite half-width and a positive "
                         "wanted half-width")
     if half_width <= wanted_half_width:
         return int(n_targets)
-    n = n_targets * (half_width / wanted_half_width) ** 2
+    n = float(f"{n_targets * (half_width / wanted_half_width) ** 2:.9g}")
     return int(2 * math.ceil(n / 2))
 
 

@@ -10,6 +10,7 @@ import torch
 from mcmia_helpers import evidence
 from mcmia_helpers.attacks.lira import lira_in_out_sets
 from mcmia_helpers.errors import UserError
+from mcmia_helpers.metrics import auc as metrics_auc
 from mcmia_helpers.zoo.evaluate import ZooScores
 
 N, P = 16, 400
@@ -118,3 +119,134 @@ def test_take_targets_keeps_rows():
     part = evidence.take_targets(zs, [2, 3])
     assert np.array_equal(part.scores, zs.scores[[2, 3]])
     assert torch.is_tensor(torch.as_tensor(part.membership))
+
+
+# --------------------------------------------------------------------------- meaning (issue 22)
+
+
+def _half_zoo(first_signal: float, second_signal: float, seed: int) -> ZooScores:
+    """A zoo whose first half of targets leaks ``first_signal`` and second half ``second_signal``."""
+    signal = np.full(P, 1.0)
+    zs = _zoo(signal, seed)
+    first, second = evidence.halves(N)
+    base = _zoo(np.zeros(P), seed)  # the same noise without any signal
+    scores = base.scores.copy()
+    scores[first] += first_signal * zs.membership[first]
+    scores[second] += second_signal * zs.membership[second]
+    return ZooScores(zs.attack, "halves", "dense", scores, zs.thresholds, zs.membership, zs.canary)
+
+
+def test_exposure_change_measures_the_first_half_before_and_the_second_half_after():
+    """``before`` is read on the first half of its targets, ``after`` on the second half of its
+    own: never one half twice (the noise floor would be zero and every defence would
+    "reshuffle exposure")."""
+    leaky_first = _half_zoo(3.0, 0.0, 1)
+    change = evidence.exposure_change(leaky_first, leaky_first)
+    assert change.before.mean() > 0.9 and abs(change.after.mean() - 0.5) < 0.05
+    first, second = evidence.halves(N)
+    auc_first, _ = evidence.split_exposure(leaky_first, first)
+    auc_second, _ = evidence.split_exposure(leaky_first, second)
+    np.testing.assert_array_equal(change.before, auc_first)
+    np.testing.assert_array_equal(change.after, auc_second)
+
+
+def test_the_noise_floor_of_two_different_halves_is_not_zero():
+    rng = np.random.default_rng(3)
+    dense = _zoo(rng.exponential(1.0, P), 8, noise=0.5)
+    floor = evidence.exposure_change(dense, dense)
+    summary = floor.summary()
+    assert summary["mean_abs_change"] > 0.02  # retraining moves exposure
+    assert not np.array_equal(floor.before, floor.after)
+    assert 0.3 < summary["rank_correlation"] < 0.99
+
+
+def test_a_reseeded_dense_zoo_does_not_change_exposure_beyond_the_floor():
+    """A "defence" that is the dense zoo trained again with other seeds (same exposure, other
+    noise) moves exposure exactly as much as retraining does."""
+    rng = np.random.default_rng(4)
+    signal = rng.exponential(1.0, P)
+    dense, reseeded = _zoo(signal, 10, noise=0.5), _zoo(signal, 11, noise=0.5)
+    floor = evidence.exposure_change(dense, dense)
+    moved = evidence.exposure_change(dense, reseeded)
+    beyond = evidence.exposure_beyond_floor(moved, floor, n_bootstrap=400)
+    assert beyond["direction"] == "no clear change", beyond
+    assert beyond["low"] < 0 < beyond["high"]
+    shifted = evidence.ExposureChange(floor.before, floor.after + 0.1, floor.flagged_before,
+                                      floor.flagged_after)  # 0.1 more change on every example
+    more = evidence.exposure_beyond_floor(shifted, floor, n_bootstrap=200)
+    assert more["direction"] == "higher" and more["change"] == pytest.approx(
+        np.mean(np.abs(floor.after + 0.1 - floor.before) - np.abs(floor.after - floor.before)))
+
+
+def test_split_exposure_is_each_examples_membership_auc_over_those_targets():
+    zs = _zoo(np.linspace(0, 3, P), 12)
+    rows = evidence.halves(N)[1]
+    auc, flags = evidence.split_exposure(zs, rows, fpr=0.01)
+    s, m = zs.scores[rows], zs.membership[rows]
+    for e in (0, 57, 399):  # by hand: members' scores against non-members', ties one half
+        ins, outs = s[m[:, e], e], s[~m[:, e], e]
+        wins = (ins[:, None] > outs[None, :]).mean() + 0.5 * (ins[:, None] == outs[None, :]).mean()
+        assert auc[e] == pytest.approx(wins)
+    # flagged: at least half of the targets that trained on it score it above the pooled
+    # threshold at 1% FPR of those targets' non-member scores
+    negatives = np.sort(s[~m])[::-1]
+    threshold = negatives[int(np.floor(negatives.size * 0.01))]
+    by_hand = np.array([(s[m[:, e], e] > threshold).mean() >= 0.5 for e in range(P)])
+    np.testing.assert_array_equal(flags, by_hand)
+    assert flags[-50:].mean() > flags[:50].mean()  # the leakiest examples are the flagged ones
+
+
+def test_exposure_summary_counts_by_hand():
+    change = evidence.ExposureChange(np.array([0.5, 0.9, 0.7, 0.6]), np.array([0.6, 0.5, 0.7, 0.9]),
+                                     np.array([False, True, True, False]),
+                                     np.array([False, False, True, True]))
+    s = change.summary()
+    assert s["mean_abs_change"] == pytest.approx(0.2) and s["mean_change"] == pytest.approx(0.0)
+    assert (s["newly_exposed"], s["no_longer_exposed"], s["flagged_before"], s["flagged_after"]) == (1, 1, 2, 2)
+    assert s["jaccard"] == pytest.approx(1 / 3)
+    part = change.summary(np.array([True, True, False, False]))
+    assert part["examples"] == 2 and part["newly_exposed"] == 0 and part["no_longer_exposed"] == 1
+
+
+def test_class_spread_names_the_planted_class_and_leaves_the_canaries_out():
+    classes = np.arange(P) % 4
+    signal = np.where(classes == 1, 3.0, 0.3)
+    signal[:40] = np.where(classes[:40] == 3, 6.0, 0.3)  # canaries of class 3 leak hugely
+    zs = _zoo(signal, 13)
+    spread = evidence.class_spread(zs, classes)
+    assert list(spread["classes"]) == [0, 1, 2, 3]
+    assert (np.nanargmax(spread["per_class"], axis=1) == 1).all()
+    ordinary = ~zs.canary
+    for i in (0, 9):
+        by_hand = [metrics_auc(zs.membership[i, ordinary & (classes == c)],
+                               zs.scores[i, ordinary & (classes == c)]) for c in range(4)]
+        np.testing.assert_allclose(spread["per_class"][i], by_hand)
+        assert spread["spread"][i] == pytest.approx(max(by_hand) - min(by_hand))
+    with_canaries = evidence.class_spread(zs, classes, ordinary_only=False)
+    assert (with_canaries["per_class"][:, 3] > spread["per_class"][:, 3]).all()
+
+
+def test_paired_target_change_averages_within_pairs_and_finds_a_drop():
+    before = np.linspace(0.2, 0.4, N)
+    drop = evidence.paired_target_change(before, before - 0.05 - 0.001 * np.arange(N))
+    assert drop["direction"] == "lower" and drop["units"] == N // 2
+    assert drop["change"] == pytest.approx(-0.05 - 0.001 * np.arange(N).mean())
+    same = evidence.paired_target_change(before, before[::-1])  # a reshuffle of the same values
+    assert same["direction"] == "no clear change"
+
+
+def test_targets_needed_does_not_round_floating_point_noise_up_a_pair():
+    assert 8 * (0.07 / 0.01) ** 2 > 392  # 392.00000000000006
+    assert evidence.targets_needed(8, 0.07, 0.01) == 392
+    assert evidence.targets_needed(10, 0.011, 0.005) == 50  # 48.4 targets: 25 pairs
+    assert evidence.targets_needed(8, 0.0701, 0.01) == 394  # a real excess still costs a pair
+
+
+def test_take_targets_keeps_each_targets_own_shadows_and_threshold():
+    zs = _zoo(np.ones(P), 14)
+    zs.shadows = [[("dense", j) for j in range(N) if j not in (i, i ^ 1)] for i in range(N)]
+    zs.thresholds = np.arange(N, dtype=float)
+    part = evidence.take_targets(zs, [5, 2])
+    assert part.thresholds.tolist() == [5.0, 2.0]
+    assert part.shadows == [zs.shadows[5], zs.shadows[2]]
+    np.testing.assert_array_equal(part.membership, zs.membership[[5, 2]])

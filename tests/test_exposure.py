@@ -15,7 +15,7 @@ from mcmia_helpers.data import load_dataset, make_split
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.context import ExperimentSpec, TargetContext, shadow_context
 from mcmia_helpers.defences.compression import FILE_SIZE_KEYS
-from mcmia_helpers.metrics import mean_interval, tpr_at_fpr
+from mcmia_helpers.metrics import auc, mean_interval, tpr_at_fpr
 from mcmia_helpers.models import count_parameters
 from mcmia_helpers.defences.pruning import prunable_layers
 from mcmia_helpers.scales import get_scale, split_sizes
@@ -125,6 +125,42 @@ def test_paired_change_direction() -> None:
     assert exposure.paired_change([0.5, 0.6], [0.49, 0.59], tolerance=0.05)["direction"] == "no clear change"
     with pytest.raises(UserError, match="one value per seed"):
         exposure.paired_change([0.5, 0.6], [0.5])
+
+
+def test_the_after_attack_scores_the_second_model() -> None:
+    """``attack_after`` (a defence-aware attack on the defended model) is what the "after" side
+    reads, in both comparisons; the "before" side keeps ``attack``."""
+    labels, scores = _scores(shift=1.5)
+    rng = np.random.default_rng(4)
+    aware = scores + 3.0 * labels * (rng.random(len(labels)) < 0.3)  # finds a few members more
+    before = _attack_scores(labels, scores)
+    after = AttackScores(before.indices, labels, before.classes,
+                         scores={"lira_online": scores, "lira_online_aware": aware})
+    shift = exposure.exposure_shift(before, after, "lira_online", 0.01, attack_after="lira_online_aware")
+    assert shift == exposure.exposure_shift(before, _attack_scores(labels, aware), "lira_online", 0.01)
+    assert shift.newly_exposed > 0
+    frame = exposure.member_score_changes(before, after, "lira_online", attack_after="lira_online_aware")
+    np.testing.assert_array_equal(frame["score_after"], aware[labels == 1])
+    np.testing.assert_array_equal(frame["score_before"], scores[labels == 1])
+
+
+def test_nonmember_percentile_is_the_share_of_nonmembers_strictly_below() -> None:
+    labels = np.array([1, 1, 0, 0, 0, 0, 1])
+    scores = np.array([2.5, 0.0, 0.0, 1.0, 2.0, 3.0, np.nan])
+    p = exposure.nonmember_percentile(labels, scores)
+    assert p[:6].tolist() == [0.75, 0.0, 0.0, 0.25, 0.5, 0.75] and np.isnan(p[6])
+
+
+def test_class_auc_spread_of_three_classes_by_hand() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.tile([1, 0], 600)
+    classes = np.repeat([0, 1, 2], 400)
+    scores = rng.normal(size=1200) + labels * np.array([0.0, 1.0, 3.0])[classes]
+    spread = exposure.class_auc_spread(_attack_scores(labels, scores, classes), "lira_online")
+    aucs = [auc(labels[classes == c], scores[classes == c]) for c in range(3)]
+    assert [spread["per_class"][c] for c in range(3)] == pytest.approx(aucs)
+    assert spread["spread"] == pytest.approx(max(aucs) - min(aucs))
+    assert spread["std"] == pytest.approx(np.std(aucs, ddof=1))
 
 
 # --------------------------------------------------------------------------- defence-aware LiRA
