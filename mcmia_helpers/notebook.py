@@ -82,6 +82,7 @@ def check_glued(expected: Mapping[str, Any], prefix: str, *, unchecked: Iterable
         if name not in GLUED:
             problems.append(f"{name} was never glued")
         elif not _same(GLUED[name], wanted, rel):
+            wanted = wanted.item() if isinstance(wanted, np.generic) else wanted
             problems.append(f"{name} glued as {GLUED[name]!r}, its table says {wanted!r}")
     left_out = sorted(n for n in GLUED if n.startswith(prefix) and n not in expected
                       and n not in unchecked)
@@ -89,6 +90,18 @@ def check_glued(expected: Mapping[str, Any], prefix: str, *, unchecked: Iterable
         problems.append(f"glued without a check against a table: {', '.join(left_out)}")
     if problems:
         raise AssertionError("; ".join(problems))
+
+
+def table_row(frame: "pd.DataFrame", **where: Any) -> "pd.Series":
+    """The one row of ``frame`` whose columns equal ``where`` (``column=value``), for a claim
+    cell to read the entry that the prose summarises; ``AssertionError`` unless exactly one
+    row matches."""
+    rows = frame
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    if len(rows) != 1:
+        raise AssertionError(f"{len(rows)} rows of the table have {where}, not one")
+    return rows.iloc[0]
 
 
 def scale_note(scale: str, dataset_description: str, **sizes: Any) -> str:

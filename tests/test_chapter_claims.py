@@ -63,3 +63,15 @@ def test_check_glued_fails_on_a_number_glued_without_a_check(glued) -> None:
     with pytest.raises(AssertionError, match="glued without a check against a table: ch9_new_rate$"):
         notebook.check_glued({"ch9_auc": 0.653}, "ch9_")
     notebook.check_glued({"ch9_auc": 0.653}, "ch9_", unchecked=["ch9_new_rate"])
+
+
+def test_table_row_reads_the_one_matching_row() -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame({"defence": ["ADMM", "ADMM", "Min-Max"], "examples": ["ordinary", "canaries", "ordinary"],
+                          "change": [-0.1, 0.2, 0.3]})
+    assert notebook.table_row(frame, defence="ADMM", examples="canaries").change == 0.2
+    with pytest.raises(AssertionError, match="2 rows of the table"):
+        notebook.table_row(frame, defence="ADMM")
+    with pytest.raises(AssertionError, match="0 rows of the table"):
+        notebook.table_row(frame, defence="DP")
