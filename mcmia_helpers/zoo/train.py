@@ -175,7 +175,8 @@ def prepare_zoo(spec: ZooSpec, *, progress: bool = False,
     arch_scale = replace(arch_scale, epochs=sizes.epochs or arch_scale.epochs,
                          width=sizes.width or arch_scale.width)
     standin = spec.standin
-    bundle = load_dataset(spec.dataset, standin=standin)
+    bundle = load_dataset(spec.dataset, standin=standin,
+                          needs=spec.pool_size() + sizes.test + sizes.reference)
     bundle = arch_view(spec.arch, bundle)
     check_zoo_sizes(spec.models(), spec.pool_size(), spec.n_canaries(), len(bundle), sizes.test,
                     sizes.reference, bundle.name_used)
