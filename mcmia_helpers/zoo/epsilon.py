@@ -162,16 +162,19 @@ def zoo_coin_parameters(pool: int, canaries: int) -> tuple[float, float]:
     return math.log(rho), rho / (1 + rho)
 
 
+def zoo_p_value(pool: int, m: int, r: int, v: int, eps: float, delta: float) -> float:
+    """The p-value of ``v`` correct guesses out of ``r`` on the ``m`` canaries of one zoo target
+    (a fixed-size half of ``pool``) under add/remove (eps, delta)-DP: the one-run p-value at
+    ``eps' = 2 eps + log rho`` and ``delta' = 2 p_max (1 + e^eps) delta``."""
+    log_rho, p_max = zoo_coin_parameters(pool, m)
+    return one_run_p_value(m, r, v, 2 * eps + log_rho, 2 * p_max * (1 + math.exp(eps)) * delta)
+
+
 @lru_cache(maxsize=65536)
 def zoo_epsilon(pool: int, m: int, r: int, v: int, delta: float, beta: float) -> float:
     """The largest add/remove epsilon that ``v`` correct guesses out of ``r`` on the ``m``
-    canaries of one zoo target (a fixed-size half of ``pool``) reject at level ``beta``:
-    the one-run p-value at ``eps' = 2 eps + log rho`` and ``delta' = 2 p_max (1 + e^eps) delta``.
-    """
-    log_rho, p_max = zoo_coin_parameters(pool, m)
-    return _largest_rejected(
-        lambda e: one_run_p_value(m, r, v, 2 * e + log_rho, 2 * p_max * (1 + math.exp(e)) * delta),
-        beta)
+    canaries of one zoo target reject at level ``beta`` (:func:`zoo_p_value`)."""
+    return _largest_rejected(lambda e: zoo_p_value(pool, m, r, v, e, delta), beta)
 
 
 # --------------------------------------------------------------------------- guesses
@@ -217,10 +220,16 @@ def halves(n_targets: int) -> np.ndarray:
 
 def choose_rule(scores: np.ndarray, member: np.ndarray, pool: int, delta: float,
                 beta: float, rules: Sequence[tuple[float, float]] = RULES) -> tuple[float, float]:
-    """The rule with the largest mean bound over these targets (ties: the first in ``rules``)."""
-    means = [float(np.mean(_target_bounds(scores, member, rule, pool, delta, beta)[0]))
-             for rule in rules]
-    return tuple(rules[int(np.argmax(means))])
+    """The rule with the largest mean bound over these targets; ties (often: all 0) go to the
+    smallest mean p-value at epsilon 0 (the strongest evidence of any leak), then to the first."""
+    m = scores.shape[1]
+    keys = []
+    for rule in rules:
+        bounds, rs, vs = _target_bounds(scores, member, rule, pool, delta, beta)
+        p0 = np.mean([zoo_p_value(pool, m, r, v, 0.0, delta) for r, v in zip(rs, vs)])
+        keys.append((float(np.mean(bounds)), -float(p0)))
+    best = max(range(len(rules)), key=lambda j: (keys[j], -j))
+    return tuple(rules[best])
 
 
 # --------------------------------------------------------------------------- the audit
