@@ -15,13 +15,22 @@ every (model, canary) score as a trial would be too narrow. Steinke et al. audit
 with many canaries, each included at random, by counting the correct guesses of an auditor that
 guesses IN for the ``k+`` highest-scored canaries, OUT for the ``k-`` lowest and abstains on the
 rest: under (epsilon, delta)-DP the number ``v`` of correct guesses among the ``r = k+ + k-``
-made is at most ``Binomial(r, e^eps / (1 + e^eps))`` plus a delta term (their Theorem 3.1;
-:func:`one_run_p_value` is their p-value, :func:`one_run_epsilon` the largest epsilon it rejects
-at level ``beta``). This needs no independence between the canaries' scores. With ``delta = 0``
-it is the logit of the one-sided Clopper-Pearson lower bound on the guesses' accuracy.
+made is at most ``Binomial(r, e^eps / (1 + e^eps))`` plus a delta term (their main theorem;
+:func:`one_run_p_value` is the p-value they compute from it, :func:`one_run_epsilon` the largest
+epsilon it rejects at level ``beta``). The guesses may be any function of what the auditor sees;
+the analysis runs over the canaries one by one, conditioned on the guesses and on the previous
+canaries' membership, so it needs no independence between the canaries' scores. With
+``delta = 0`` it is the logit of the one-sided Clopper-Pearson lower bound on the guesses'
+accuracy.
 
-**What a zoo adds, and what it costs.** Target ``i``'s scores come from model ``i`` and its
-shadow models, the models of the *other* pairs (its complementary partner is left out,
+**The assumptions it rests on**, which the zoo meets by construction: the canaries and their
+wrong labels are drawn before and apart from the membership (:func:`~mcmia_helpers.zoo.membership.draw_pool`,
+then :func:`~mcmia_helpers.zoo.membership.membership_matrix` from its own seed); each pair's half
+and each model's seed are drawn independently of the other pairs'; the scores of target ``i``
+use no model trained on the complement of its half.
+
+**What a zoo adds, and what it costs.** Target ``i``'s scores come from model ``i`` and (LiRA)
+its shadow models, the models of the *other* pairs (its complementary partner is left out,
 :mod:`~mcmia_helpers.zoo.evaluate`); the other pairs' halves and seeds are drawn independently of
 target ``i``'s half, so they are side information that the DP guarantee of model ``i`` still
 covers. Two facts of the zoo's design change the analysis (:func:`zoo_coin_parameters`):
