@@ -97,7 +97,7 @@ def test_bound_never_exceeds_the_epsilon_of_a_dp_fixture(eps: float) -> None:
         canary = _canaries(rng)
         for scores in (_randomized_response(m, eps, rng), m + rng.laplace(0, 1 / eps, m.shape)):
             bound = E.canary_epsilon_bound(scores, m, canary, delta=0.0)
-            assert 0 <= bound["value"] <= eps
+            assert 0 <= bound["value"] <= min(eps, bound["max_auditable"])
     assert bound["value"] > 0  # the fixture leaks enough to be audited at all
 
 
@@ -217,3 +217,5 @@ def test_a_tiny_real_zoo_records_the_bound(tmp_path, monkeypatch) -> None:
         assert b["per_target"] == [E.zoo_epsilon(400, 100, r, v, 1e-4, beta)
                                    for r, v in zip(b["guesses"], b["correct"])]
     assert bounds["lira_online"]["value"] > 0  # dense LeNet-5 memorises mislabelled canaries
+    ceiling = max(E.zoo_epsilon(400, 100, r, r, 1e-4, 0.05 / 4) for r in range(1, 101))
+    assert bounds["lira_online"]["max_auditable"] == pytest.approx(ceiling)

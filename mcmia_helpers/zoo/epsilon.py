@@ -98,7 +98,7 @@ METHOD = ("one-run audit (Steinke, Nasr and Jagielski 2023) per target, replace-
           "prior-odds corrections of the zoo's fixed-size halves, Bonferroni over targets, "
           "guess rule chosen on the other half of the pairs of targets")
 _EPS_MAX = 60.0
-_BISECT = 50
+_BISECT = 36
 
 
 # --------------------------------------------------------------------------- the statistics
@@ -252,7 +252,9 @@ def canary_epsilon_bound(scores: np.ndarray, membership: np.ndarray, canary: np.
     ``scores`` ``(N, P)`` (higher = member), ``membership`` ``(N, P)`` (complementary pairs of
     fixed-size halves), ``canary`` ``(P,)``. Returns ``value`` (the largest per-target bound,
     valid for all targets at once at ``confidence``), ``per_target``, the guesses made and
-    correct per target, the rule chosen for each half and the parameters of the statement.
+    correct per target, the rule chosen for each half, ``max_auditable`` (the bound if every
+    guess of the best rule were right: no attack can show more with these canaries and
+    targets) and the parameters of the statement.
     """
     scores = np.asarray(scores, dtype=np.float64)
     membership = np.asarray(membership, dtype=bool)
@@ -285,6 +287,8 @@ def canary_epsilon_bound(scores: np.ndarray, membership: np.ndarray, canary: np.
                                "k_plus": k_plus, "k_minus": k_minus}
     best = int(np.argmax(per))
     log_rho, p_max = zoo_coin_parameters(pool, m)
+    ceiling = max(zoo_epsilon(pool, m, r, r, float(delta), float(beta))
+                  for r in {sum(rule_counts(rule, m)) for rule in rules})
     return {"value": float(per[best]), "target": best if per[best] > 0 else None,
             "confidence": float(confidence), "per_target_confidence": 1 - beta,
             "delta": float(delta), "method": METHOD,
@@ -292,6 +296,7 @@ def canary_epsilon_bound(scores: np.ndarray, membership: np.ndarray, canary: np.
             "correct": v_all.tolist(), "n_trials": int(r_all.sum()),
             "trial": "one guess on one canary of one target; each target audited on its own",
             "canaries": m, "pool": pool, "targets": n, "rules": chosen,
+            "max_auditable": ceiling,
             "log_prior_odds_max": log_rho, "prior_max": p_max,
             "neighbouring": "replace-one (fixed-size halves): add/remove (eps, delta) gives "
                             "(2 eps, (1 + e^eps) delta)"}
