@@ -24,10 +24,11 @@ canaries' membership, so it needs no independence between the canaries' scores. 
 accuracy.
 
 **The assumptions it rests on**, which the zoo meets by construction: the canaries and their
-wrong labels are drawn before and apart from the membership (:func:`~mcmia_helpers.zoo.membership.draw_pool`,
-then :func:`~mcmia_helpers.zoo.membership.membership_matrix` from its own seed); each pair's half
-and each model's seed are drawn independently of the other pairs'; the scores of target ``i``
-use no model trained on the complement of its half.
+wrong labels are drawn before and apart from the membership
+(:func:`~mcmia_helpers.zoo.membership.draw_pool`, then
+:func:`~mcmia_helpers.zoo.membership.membership_matrix` from its own seed); each pair's half and
+each model's seed are drawn independently of the other pairs'; the scores of target ``i`` use
+no model trained on the complement of its half.
 
 **What a zoo adds, and what it costs.** Target ``i``'s scores come from model ``i`` and (LiRA)
 its shadow models, the models of the *other* pairs (its complementary partner is left out,
