@@ -13,12 +13,14 @@ membership matrix) and :mod:`~mcmia_helpers.zoo.grouped` (ADMM and magnitude pru
 training and epoch checkpoints of many models inside the grouped network),
 :mod:`~mcmia_helpers.zoo.train` (per-model cache, resume, batched training),
 :mod:`~mcmia_helpers.zoo.evaluate` (leave-one-out attacks and metrics),
+:mod:`~mcmia_helpers.zoo.epsilon` (the epsilon lower bound the canaries support, issue 25),
 :mod:`~mcmia_helpers.zoo.runner` (one record; ``python -m mcmia_helpers zoo``) and
 :mod:`~mcmia_helpers.zoo.dp_match` (the DP-SGD setting of equal test accuracy, chapter 6).
 """
 
 from __future__ import annotations
 
+from mcmia_helpers.zoo.epsilon import canary_epsilon_bound, zoo_epsilon_bound
 from mcmia_helpers.zoo.evaluate import (SUMMARY_KEYS, ZOO_ATTACKS, ZooScores, attack_zoo,
                                         example_exposure, paired_difference, zoo_attack_names,
                                         zoo_metrics)
@@ -29,7 +31,7 @@ from mcmia_helpers.zoo.train import (DENSE_LONG, Zoo, ZooSetup, ZooSpec, prepare
                                      zoo_defences, zoo_models)
 
 __all__ = ["DENSE_LONG", "SUMMARY_KEYS", "ZOO_ATTACKS", "Zoo", "ZooPool", "ZooScores", "ZooSetup",
-           "ZooSpec", "attack_zoo", "check_zoo_request", "draw_pool", "example_exposure",
+           "ZooSpec", "attack_zoo", "canary_epsilon_bound", "check_zoo_request", "draw_pool", "example_exposure",
            "membership_matrix", "model_seed", "paired_difference", "prepare_zoo",
            "random_membership", "run_zoo", "save_zoo_scores", "train_zoo", "zoo_attack_names",
-           "zoo_defences", "zoo_metrics", "zoo_models"]
+           "zoo_defences", "zoo_epsilon_bound", "zoo_metrics", "zoo_models"]

@@ -22,6 +22,7 @@ from mcmia_helpers.io import atomic_write, check_writable_dir
 from mcmia_helpers.metrics import mean_interval
 from mcmia_helpers.training import cache_dir
 from mcmia_helpers.version import __version__
+from mcmia_helpers.zoo.epsilon import zoo_epsilon_bound
 from mcmia_helpers.zoo.evaluate import (ZooScores, attack_zoo, base_attack, example_exposure,
                                         paired_difference, zoo_attack_names, zoo_metrics)
 from mcmia_helpers.zoo.membership import membership_summary
@@ -118,6 +119,7 @@ def run_zoo(spec: ZooSpec, attacks: str | Iterable[str] = "lira_online,lira_offl
         "model_extras": zoo.extras,
         "attacks": results,
         "paired_vs_dense": paired or None,
+        "epsilon_lower_bound": _epsilon_bounds(spec.defense, zoo, scores),
         "training": {"zoo": zoo.info, "dense": dense.info if dense is not zoo else None},
         "package_version": __version__,
         "torch_version": torch.__version__,
@@ -127,6 +129,15 @@ def run_zoo(spec: ZooSpec, attacks: str | Iterable[str] = "lira_online,lira_offl
         save_zoo_scores(save_scores, setup, zoo, scores)
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     return record
+
+
+def _epsilon_bounds(defense: str, zoo: Zoo, scores: dict[str, ZooScores]) -> dict | None:
+    """Per attack, the epsilon lower bound its scores of the canaries support
+    (:func:`~mcmia_helpers.zoo.epsilon.zoo_epsilon_bound`); ``None`` without canaries."""
+    if not bool(zoo.canary.any()):
+        return None
+    return {name: zoo_epsilon_bound(zs.scores, zs.membership, zs.canary, defense=defense,
+                                    extras=zoo.extras) for name, zs in scores.items()}
 
 
 def save_zoo_scores(path: str | os.PathLike, setup: ZooSetup, zoo: Zoo,
