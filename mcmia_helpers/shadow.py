@@ -49,6 +49,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -57,7 +58,8 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.io import (KEY_FIELD, atomic_torch_save, check_or_set_aside, entry_key,
+                              load_verified)
 from mcmia_helpers.models import BasicBlock, _InvertedResidual
 from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, check_finite_model, config_key,
                                     epoch_seed, fit, get_device, make_optimizer, make_scheduler,
@@ -381,8 +383,15 @@ def train_models_sequential(arch_builder: ArchBuilder, n_models: int, bundle: Da
 
 def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle,
                  index_sets: list[torch.Tensor], config: TrainConfig, seeds: list[int],
-                 device: torch.device, progress: bool) -> list[list[dict]]:
-    """Train ``models`` (equal-size index sets) together in place; return their histories."""
+                 device: torch.device, progress: bool,
+                 checkpoint: Path | None = None) -> list[list[dict]]:
+    """Train ``models`` (equal-size index sets) together in place; return their histories.
+
+    With ``checkpoint`` the group (stacked weights, buffers, optimiser, schedule, histories) is
+    saved atomically after every epoch, and a killed run resumes from its last finished epoch
+    with the same numbers (every shuffle derives from a model's seed and the epoch); a damaged
+    checkpoint is set aside and the group starts from epoch 0.
+    """
     from tqdm.auto import tqdm
 
     n_models = len(models)
@@ -394,7 +403,21 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
     index_sets = [torch.as_tensor(idx, dtype=torch.long) for idx in index_sets]
     n = len(index_sets[0])
     histories: list[list[dict]] = [[] for _ in range(n_models)]
-    bar = tqdm(range(config.epochs), disable=not progress, desc=f"{n_models} models", leave=False)
+    start_epoch = 0
+    if checkpoint is not None and check_or_set_aside(checkpoint, "training the group from epoch 0"):
+        state, _ = load_verified(checkpoint, map_location=device)
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(state["params"][k])
+            for k, v in buffers.items():
+                v.copy_(state["buffers"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        histories = json.loads(state["histories"])
+        start_epoch = int(state["epoch"]) + 1
+    bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc=f"{n_models} models",
+               leave=False)
     for epoch in bar:
         gens = [torch.Generator().manual_seed(epoch_seed(s, epoch)) for s in seeds]
         orders = torch.stack([idx[torch.randperm(n, generator=g)] for idx, g in zip(index_sets, gens)])
@@ -426,6 +449,13 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
         for i in range(n_models):
             histories[i].append({"epoch": epoch, "loss": float(total_loss[i]) / n,
                                  "acc": int(correct[i]) / n})
+        if checkpoint is not None:
+            atomic_torch_save({"params": {k: v.detach().cpu() for k, v in params.items()},
+                               "buffers": {k: v.detach().cpu() for k, v in buffers.items()},
+                               "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                               "histories": json.dumps(histories), "epoch": epoch},
+                              checkpoint, key=entry_key(checkpoint))
     unstack_into(models, params, buffers)
     return histories
 
@@ -434,7 +464,8 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
                          index_sets: Sequence[torch.Tensor], config: TrainConfig,
                          seeds: Sequence[int], *, device: torch.device | None = None,
                          progress: bool = False, max_group: int | None = 32,
-                         histories: list | None = None) -> list[nn.Module]:
+                         histories: list | None = None,
+                         checkpoint: Path | None = None) -> list[nn.Module]:
     """Train ``n_models`` models of one architecture together; return them (on ``device``).
 
     Model ``i`` is built by ``arch_builder()`` under ``torch.manual_seed(seeds[i])`` and
@@ -443,7 +474,11 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     index sets train as one grouped network (at most ``max_group`` at a time, to bound memory);
     architectures the grouped form does not support fall back to sequential ``fit``.
     ``arch_builder`` should not reseed torch itself, or all models share one initialisation.
-    ``histories``, if given a list, receives each model's per-epoch history.
+    ``histories``, if given a list, receives each model's per-epoch history. ``checkpoint`` (a
+    path prefix) makes every group resumable after every epoch (files ``<checkpoint>.<j>.pt``,
+    see :func:`_train_group`; the caller deletes them, :func:`drop_checkpoints`, once the models
+    are saved). A model's numbers do not depend on which group it trains in (see
+    :data:`GROUP_INVARIANCE`), so resumed, regrouped and retrained models are the same.
     """
     _check_inputs(n_models, index_sets, seeds)
     device = device or get_device()
@@ -451,9 +486,10 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     net = grouped_net_for(models[0], bundle)
     if net is None:  # unsupported architecture: same results, one model at a time
         out: list[list[dict]] = []
-        for model, idx, seed in zip(models, index_sets, seeds):
+        for i, (model, idx, seed) in enumerate(zip(models, index_sets, seeds)):
+            path = None if checkpoint is None else Path(f"{checkpoint}.{i}.pt")
             out.append(fit(model, bundle, idx, replace(config, seed=int(seed)), device=device,
-                           progress=progress))
+                           progress=progress, checkpoint_path=path))
         if histories is not None:
             histories.extend(out)
         return models
@@ -467,9 +503,10 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     for members in by_size.values():
         for start in range(0, len(members), max_group):
             group = members[start:start + max_group]
+            path = None if checkpoint is None else Path(f"{checkpoint}.{group[0]}.pt")
             hist = _train_group(net, [models[i] for i in group], bundle,
                                 [index_sets[i] for i in group], config,
-                                [int(seeds[i]) for i in group], device, progress)
+                                [int(seeds[i]) for i in group], device, progress, path)
             found.update(zip(group, hist))
     if histories is not None:
         histories.extend(found[i] for i in range(n_models))
@@ -529,28 +566,53 @@ class ShadowSpec:
     seed: int
 
 
+def shadow_identity(base_config: dict[str, Any], spec: ShadowSpec, config: TrainConfig) -> dict[str, Any]:
+    """What identifies one shadow model (JSON-normalised): ``base_config`` (architecture, data,
+    width...), its training configuration with its own seed, and its training indices (size and
+    hash). Its :func:`~mcmia_helpers.training.config_key` is the model's cache key."""
+    model_config = {**base_config, "role": "shadow", "n_train": int(len(spec.indices)),
+                    "indices_sha256": _digest(spec.indices),
+                    "train": replace(config, seed=int(spec.seed)).to_dict()}
+    return json.loads(json.dumps(model_config, sort_keys=True, default=str))
+
+
+def drop_checkpoints(prefix: Path) -> None:
+    """Delete the epoch checkpoints ``<prefix>.<j>.pt`` of :func:`train_models_batched`."""
+    for path in prefix.parent.glob(prefix.name + ".*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
                          bundle: DatasetBundle, specs: Sequence[ShadowSpec], config: TrainConfig, *,
                          device: torch.device | None = None, progress: bool = False,
-                         cache: str | None = None) -> tuple[list[nn.Module], dict[str, Any]]:
+                         cache: str | None = None,
+                         group_size: int = 32) -> tuple[list[nn.Module], dict[str, Any]]:
     """The models of ``specs``, from the cache where there, the missing ones trained together.
 
-    Each model's cache key is ``base_config`` (architecture, data, width...) plus its training
-    configuration with its own seed and a hash of its training indices, so a model is shared
-    by every experiment that would train exactly it (e.g. by all defences of one target).
+    Each model's cache key is that of its :func:`shadow_identity` (``base_config`` plus its
+    training configuration with its own seed and a hash of its training indices), so a model is
+    shared by every experiment that would train exactly it (e.g. by all defences of one target).
     Returns the models (on the CPU) and ``{"cached": n_loaded, "trained": n_trained, "keys": [...]}``.
-    A cached model that is damaged (unreadable, digest mismatch, wrong shapes) is set aside with
-    a one-line notice and trained again with the missing ones; one written before digests
-    existed is re-saved with its digest once it loaded strictly. A model whose weights turn
-    non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and nothing is cached.
+
+    The missing models train ``group_size`` at a time; each group's models are saved as soon as
+    it finishes, and the group in training keeps an epoch checkpoint, so an interrupt loses at
+    most one epoch of one group (the rerun loads the saved models and resumes the group). A
+    model's seed and data order come from its spec alone and the grouped engine gives every
+    model the same numbers whatever its group (:data:`GROUP_INVARIANCE`), so a model retrained
+    alone after damage, or resumed, is bit for bit the model it replaces.
+
+    Each entry stores its key and identity inside its digested content. A cached model is set
+    aside with a one-line notice and trained again with the missing ones when it is damaged
+    (unreadable, digest mismatch, wrong shapes) or is another model's valid entry (its stored
+    key or identity is not this model's). An entry written before identities were stored is
+    trusted when its stored seed is the spec's and it loads strictly, and is then re-saved with
+    its key (a copy of another shadow model has another seed, so it is caught too). A model whose
+    weights turn non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and nothing
+    of it is cached.
     """
     folder = cache_dir(cache)
-    keys = []
-    for spec in specs:
-        model_config = {**base_config, "role": "shadow", "n_train": int(len(spec.indices)),
-                        "indices_sha256": _digest(spec.indices),
-                        "train": replace(config, seed=int(spec.seed)).to_dict()}
-        keys.append(config_key(json.loads(json.dumps(model_config, sort_keys=True, default=str))))
+    identities = [shadow_identity(base_config, spec, config) for spec in specs]
+    keys = [config_key(identity) for identity in identities]
     models: list[nn.Module | None] = [None] * len(specs)
     missing = []
     for i, (spec, key) in enumerate(zip(specs, keys)):
@@ -561,28 +623,58 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
         else:
             missing.append(i)
     if missing:
-        trained = train_models_batched(arch_builder, len(missing), bundle,
-                                       [specs[i].indices for i in missing], config,
-                                       [specs[i].seed for i in missing], device=device,
-                                       progress=progress)
-        for model in trained:
-            check_finite_model(model)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the model cache {folder} ({exc.strerror}): set "
                             "MCMIA_CACHE to a writable folder") from None
-        for i, model in zip(missing, trained):
+    step = max(1, int(group_size))
+    for start in range(0, len(missing), step):
+        group = missing[start:start + step]
+        checkpoint = folder / f"shadow-group-{config_key({'shadow_group': [keys[i] for i in group]})}"
+        trained = train_models_batched(arch_builder, len(group), bundle,
+                                       [specs[i].indices for i in group], config,
+                                       [specs[i].seed for i in group], device=device,
+                                       progress=progress, max_group=len(group),
+                                       checkpoint=checkpoint)
+        for model in trained:
+            check_finite_model(model)
+        for i, model in zip(group, trained):
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            atomic_torch_save({"state_dict": state, "seed": int(specs[i].seed)},
-                              folder / f"{keys[i]}.pt")
+            atomic_torch_save({"state_dict": state, "seed": int(specs[i].seed),
+                               "identity": json.dumps(identities[i], sort_keys=True)},
+                              folder / f"{keys[i]}.pt", key=keys[i])
             models[i] = model.cpu()
+        drop_checkpoints(checkpoint)
     info = {"cached": len(specs) - len(missing), "trained": len(missing), "keys": keys}
     return [m for m in models if m is not None], info
 
 
+def _shadow_check(path: Path, seed: int) -> Callable[[dict], str | None]:
+    """:func:`~mcmia_helpers.training.load_cache_entry`'s check of a shadow entry: it stores this
+    model's seed, and its stored identity (where it has one: entries written before identities
+    were stored have none) hashes to its key (the stored key is checked against the file name
+    on load)."""
+    def check(blob: dict) -> str | None:
+        stored = blob.get("seed")
+        if not isinstance(stored, int) or isinstance(stored, bool) or stored != seed:
+            return f"it is the entry of another shadow model (seed {stored!r}, not {seed})"
+        text = blob.get("identity")
+        if text is None:
+            return None
+        try:
+            found = config_key(json.loads(text)) if isinstance(text, str) else None
+        except (ValueError, TypeError):
+            found = None
+        if found != blob.get(KEY_FIELD, entry_key(path)):
+            return "its stored identity is not the one its key stands for"
+        return None
+    return check
+
+
 def _load_cached_shadow(path, arch_builder: ArchBuilder, seed: int) -> nn.Module | None:
-    """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged."""
+    """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged or
+    holds another model (see :func:`load_or_train_models`)."""
     torch.manual_seed(seed)
     model = arch_builder()
-    return model if load_cache_entry(path, model) is not None else None
+    return model if load_cache_entry(path, model, _shadow_check(Path(path), seed)) is not None else None
