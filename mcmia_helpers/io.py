@@ -227,15 +227,13 @@ def load_verified(path: str | os.PathLike, *, map_location: Any = "cpu",
     if not isinstance(blob, dict):
         raise DamagedFile(f"holds a {type(blob).__name__}, not a checkpoint dict")
     stored = blob.pop(DIGEST_KEY, None)
-    if stored is None:
-        return blob, False
-    if content_digest(blob) != stored:
+    if stored is not None and content_digest(blob) != stored:
         raise DamagedFile("content does not match its digest")
     own = blob.get(KEY_FIELD)
     expected = str(key) if key is not None else entry_key(path)
     if own is not None and own != expected:
         raise DamagedFile(f"a valid entry of another model: it is {str(own)[:40]}, not {expected[:40]}")
-    return blob, True
+    return blob, stored is not None
 
 
 def set_aside(path: str | os.PathLike, reason: str, action: str) -> None:
