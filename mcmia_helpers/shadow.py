@@ -39,8 +39,29 @@ ImageNet models, a custom forward) falls back to sequential ``fit``, with the sa
 On a 2-core CPU batching gains most for LeNet-5; for MobileNetV2 and ResNet18 the grouped and
 sequential paths cost about the same there, and batching pays off on a GPU.
 
+*Group invariance.* A model's numbers do not depend on the group it trains (or predicts) in,
+so a model retrained alone after damage, or in another group after an interrupt, is bit for bit
+the model it replaces. Measured on the CPU (oneDNN, one thread; LeNet-5 and the small VGG16,
+MobileNetV2 and ResNet18 on 1-channel images): every model's gradients in a group of 2 and of 4
+to 40 stacked models are bit for bit the same, at any position; a group of one (ordinary, not
+grouped, convolutions) and a group of three (a first convolution with 3 input channels in
+all, for which oneDNN evidently picks another kernel: only that layer's gradient differs) round
+differently, up to 2e-2 in a ResNet18 gradient, which a few epochs of Adam grow into whole-model
+differences (8e-3 in ResNet18 x0.125 weights after 2 epochs; the probe of issue 23 saw 0.08 in
+shadow weights and 0.56 in zoo logits after a retrain). Those
+two sizes therefore run padded with a detached copy of the first model
+(:func:`padded_group_size`, :meth:`GroupedNet.forward`): since then a model trained alone, in
+2, 3, 5 or 9 equals itself bit for bit (LeNet-5 with and without augmentation, ResNet18 x0.125,
+3 epochs, weights and logits). ``tests/test_retrain_reproduces.py`` checks this on the machine
+that runs the tests. On a GPU it was not measured here (cuDNN chooses kernels by shape, and some
+of its weight-gradient kernels are not deterministic unless
+``torch.use_deterministic_algorithms(True)``): there a retrained model agrees with the one it
+replaces only up to the run-to-run noise of those kernels.
+
 Trained shadow models are cached like targets: :func:`load_or_train_models` keys each model by
-its configuration, seed and training indices, and trains only the missing ones (together).
+its configuration, seed and training indices (:func:`shadow_identity`), stores key and identity
+in the entry, trains only the missing ones (together, saving each group as it finishes, with an
+epoch checkpoint of the group in training) and refuses an entry that is another model's.
 """
 
 from __future__ import annotations
@@ -176,7 +197,7 @@ class GroupedNet:
 
         A group of a size whose kernels round differently (:func:`padded_group_size`) runs
         padded with copies of its first model, so that every model's numbers are the same
-        whatever group it trains or predicts in (see :data:`GROUP_INVARIANCE`).
+        whatever group it trains or predicts in (see the module docstring, *group invariance*).
         """
         n_models = next(iter(params.values())).shape[0]
         padded = padded_group_size(n_models, _first_leaf(self.plan).module)
@@ -289,21 +310,9 @@ class GroupedNet:
                             use_batch_stats, factor, layer.eps)
 
 
-#: What was measured about group invariance (CPU, oneDNN, PyTorch 2.x, one thread; LeNet-5 and
-#: the small VGG16, MobileNetV2 and ResNet18 on 1-channel images): every model's gradients in a
-#: group of ``M`` stacked models are bit for bit those it gets in any other group of size 2, 4-40,
-#: at any position; a group of one (plain convolutions) and a group of three (a first
-#: convolution with 3 input channels in all, which oneDNN treats as an RGB input layer) round
-#: differently (up to 2e-2 in a ResNet18 gradient), and over a few epochs of Adam that grows to
-#: whole-model differences (0.008 in ResNet18 weights after 2 epochs). Such groups therefore run
-#: padded (:func:`padded_group_size`), and a model retrained alone equals the one trained in a
-#: group. ``tests/test_retrain_reproduces.py`` checks this on the machine that runs the tests.
-GROUP_INVARIANCE = "models in groups of 2 and >= 4 agree bit for bit; 1 and 3 are padded"
-
-
 def padded_group_size(n_models: int, first: nn.Module | None = None) -> int:
     """The group size to run ``n_models`` stacked models at: ``n_models``, raised past the sizes
-    whose kernels round differently from the others (see :data:`GROUP_INVARIANCE`): one model
+    whose kernels round differently from the others (see the module docstring, *group invariance*): one model
     (ordinary, not grouped, convolutions) and a first convolution with 3 input channels in all."""
     in_channels = first.in_channels // first.groups if isinstance(first, nn.Conv2d) else 0
     size = max(2, n_models)
@@ -478,7 +487,7 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     path prefix) makes every group resumable after every epoch (files ``<checkpoint>.<j>.pt``,
     see :func:`_train_group`; the caller deletes them, :func:`drop_checkpoints`, once the models
     are saved). A model's numbers do not depend on which group it trains in (see
-    :data:`GROUP_INVARIANCE`), so resumed, regrouped and retrained models are the same.
+    the module docstring, *group invariance*), so resumed, regrouped and retrained models are the same.
     """
     _check_inputs(n_models, index_sets, seeds)
     device = device or get_device()
@@ -598,7 +607,7 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
     it finishes, and the group in training keeps an epoch checkpoint, so an interrupt loses at
     most one epoch of one group (the rerun loads the saved models and resumes the group). A
     model's seed and data order come from its spec alone and the grouped engine gives every
-    model the same numbers whatever its group (:data:`GROUP_INVARIANCE`), so a model retrained
+    model the same numbers whatever its group (the module docstring, *group invariance*), so a model retrained
     alone after damage, or resumed, is bit for bit the model it replaces.
 
     Each entry stores its key and identity inside its digested content. A cached model is set
