@@ -12,6 +12,12 @@ on the whole pool and its test accuracy. So
   loses at most the epoch in training; models trained one at a time (Min-Max, DP-SGD,
   iterative pruning) resume from their defence trainer's own epoch checkpoints;
 * a zoo with more models reuses the first ones (their members and seeds do not depend on N);
+* an entry knows whose it is: it stores its key and identity (the recipe the key hashes) in its
+  digested content, and a load checks them, the seed, the logits' shape (pool, classes) and a
+  dense model's weight shapes (:func:`_check_entry`), so another model's valid entry, or one
+  with half its logits, is set aside and retrained; the retrained model is bit for bit the one
+  it replaces (its seed and data order are its own, and the grouped engine gives a model the
+  same numbers in every group: :mod:`mcmia_helpers.shadow`, *group invariance*);
 * the zoo of a defence reuses the dense zoo's halves and seeds: model ``i`` of every zoo trains
   on row ``i`` of one membership matrix, initialised and shuffled with seed
   :func:`~mcmia_helpers.zoo.membership.model_seed` ``(seed, i)``.
