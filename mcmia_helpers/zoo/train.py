@@ -319,7 +319,7 @@ def _path(key: str):
 def _check_entry(key: str, blob: dict) -> None:
     """Raise :class:`DamagedFile` unless ``blob`` is a whole entry of the model ``key`` stands
     for: every field there, logits of the pool's shape, a test accuracy, and (a :class:`ZooKey`)
-    this model's seed, an identity hashing to the key, and the architecture's weight shapes.
+    this model's seed, its identity (where stored) and the architecture's weight shapes.
 
     Entries written before keys and identities were stored (legacy: no ``cache_key``) are
     trusted when their seed and shapes are this model's, and re-saved with key and identity by
