@@ -294,7 +294,7 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict() if scheduler else {},
                                "callback": callback.state_dict(), "history": history,
-                               "epoch": epoch}, checkpoint_path)
+                               "epoch": epoch}, checkpoint_path, key=entry_key(checkpoint_path))
     return history
 
 

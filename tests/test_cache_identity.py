@@ -179,3 +179,30 @@ def test_zoo_entry_of_the_wrong_shape_is_set_aside_not_a_traceback(damage, tiny_
     assert len(notices) == 1 and "damaged" in notices[0] and path.name in notices[0], notices
     assert zoo.info["trained"] == 1
     assert torch.equal(zoo.logits, original.logits)
+
+
+def test_partial_checkpoint_of_another_model_is_not_resumed(digits, tmp_path, capsys,
+                                                            interrupt_at) -> None:
+    """Two runs killed after epoch 0; the seed-1 run's checkpoint copied over the seed-0 run's:
+    the seed-0 run starts from epoch 0 again and ends with its own numbers."""
+    two = replace(CONFIG, epochs=2)
+
+    def trainer(seed: int, callback=None):
+        def train(model, checkpoint):
+            return fit(model, digits, torch.arange(64), replace(two, seed=seed),
+                       checkpoint_path=checkpoint, callback=callback)
+        return train
+
+    configs = [{"test": "partial swap", "seed": s} for s in (0, 1)]
+    for seed, config in enumerate(configs):
+        with pytest.raises(KeyboardInterrupt):
+            load_or_train(config, _lenet, trainer(seed, interrupt_at(1)), cache=tmp_path)
+    partials = [tmp_path / f"{config_key(c)}.partial.pt" for c in configs]
+    shutil.copy(partials[1], partials[0])
+    capsys.readouterr()
+    model, info = load_or_train(configs[0], _lenet, trainer(0), cache=tmp_path)
+    (notice,) = _notices(capsys.readouterr().err)
+    assert "training from epoch 0" in notice and "another model" in notice
+    assert [row["epoch"] for row in info["history"]] == [0, 1]
+    reference, _ = load_or_train({"test": "partial reference"}, _lenet, trainer(0), cache=tmp_path)
+    _same_state(model, reference)
