@@ -48,15 +48,19 @@ grouped, convolutions) and a group of three (a first convolution with 3 input ch
 all, for which oneDNN evidently picks another kernel: only that layer's gradient differs) round
 differently, up to 2e-2 in a ResNet18 gradient, which a few epochs of Adam grow into whole-model
 differences (8e-3 in ResNet18 x0.125 weights after 2 epochs; the probe of issue 23 saw 0.08 in
-shadow weights and 0.56 in zoo logits after a retrain). Those
-two sizes therefore run padded with a detached copy of the first model
-(:func:`padded_group_size`, :meth:`GroupedNet.forward`): since then a model trained alone, in
-2, 3, 5 or 9 equals itself bit for bit (LeNet-5 with and without augmentation, ResNet18 x0.125,
-3 epochs, weights and logits). ``tests/test_retrain_reproduces.py`` checks this on the machine
-that runs the tests. On a GPU it was not measured here (cuDNN chooses kernels by shape, and some
-of its weight-gradient kernels are not deterministic unless
-``torch.use_deterministic_algorithms(True)``): there a retrained model agrees with the one it
-replaces only up to the run-to-run noise of those kernels.
+shadow weights and 0.56 in zoo logits after a retrain). Those two sizes therefore run padded
+with a detached copy of the first model (:func:`padded_group_size`, :meth:`GroupedNet.forward`):
+since then a model trained alone, in 2, 3, 5 or 9 equals itself bit for bit (LeNet-5 with and
+without augmentation, ResNet18 x0.125, 3 epochs, weights and logits), and so do ci zoo models
+retrained after damage (LeNet-5 on Fashion-MNIST, 20 epochs: dense models retrained in a group
+of 2 and an ADMM-pruned model retrained alone, all trained first in groups of 4: identical
+logits). The padding costs a lone model about 1.5x (LeNet-5 0.6 -> 0.9 s, ResNet18 x0.125
+3.9 -> 5.6 s for 3 epochs on 256 digits, one CPU thread) and a group of three about 1.0-1.4x.
+``tests/test_retrain_reproduces.py`` checks the invariance on the machine that runs the tests.
+On a GPU it was not measured (no GPU was available): cuDNN chooses kernels by shape and some of
+its weight-gradient kernels are not deterministic unless
+``torch.use_deterministic_algorithms(True)``, so there bit-identity is not established and the
+size of the difference is unknown.
 
 Trained shadow models are cached like targets: :func:`load_or_train_models` keys each model by
 its configuration, seed and training indices (:func:`shadow_identity`), stores key and identity
@@ -312,8 +316,9 @@ class GroupedNet:
 
 def padded_group_size(n_models: int, first: nn.Module | None = None) -> int:
     """The group size to run ``n_models`` stacked models at: ``n_models``, raised past the sizes
-    whose kernels round differently from the others (see the module docstring, *group invariance*): one model
-    (ordinary, not grouped, convolutions) and a first convolution with 3 input channels in all."""
+    whose kernels round differently from the others (see the module docstring, *group
+    invariance*): one model (ordinary, not grouped, convolutions) and a first convolution with
+    3 input channels in all."""
     in_channels = first.in_channels // first.groups if isinstance(first, nn.Conv2d) else 0
     size = max(2, n_models)
     while size == 3 or size * in_channels == 3:
@@ -486,8 +491,8 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     ``histories``, if given a list, receives each model's per-epoch history. ``checkpoint`` (a
     path prefix) makes every group resumable after every epoch (files ``<checkpoint>.<j>.pt``,
     see :func:`_train_group`; the caller deletes them, :func:`drop_checkpoints`, once the models
-    are saved). A model's numbers do not depend on which group it trains in (see
-    the module docstring, *group invariance*), so resumed, regrouped and retrained models are the same.
+    are saved). A model's numbers do not depend on which group it trains in (see the module
+    docstring, *group invariance*), so resumed, regrouped and retrained models are the same.
     """
     _check_inputs(n_models, index_sets, seeds)
     device = device or get_device()
