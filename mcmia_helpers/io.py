@@ -13,6 +13,13 @@ processes can append to at once.
   and digest together, even with two writers. Files written before digests existed load as
   *legacy* (``had_digest=False``): the caller checks them as far as it can (a full load, a strict
   ``load_state_dict``) and re-saves them with a digest.
+* A cache entry also knows *whose* it is: saved with ``key=`` it stores its cache key (under
+  :data:`KEY_FIELD`, inside the digested content), and :func:`load_verified` refuses a file whose
+  stored key is not the one its name (or the caller) asks for, as :class:`DamagedFile`. A valid
+  entry copied over another (one seed's model over another seed's) is then set aside and rebuilt
+  like a damaged one, instead of passing its digest check. Entries written before keys were
+  stored load without one (``KEY_FIELD not in content``); the caches check those against what
+  else they hold (their configuration, seed and shapes) and re-save them with their key.
 * :func:`append_jsonl` appends one record under an OS file lock (a ``.NAME.lock`` file next to
   the results), so two grid runs sharing one ``--out`` lose nothing; :func:`read_jsonl` reports
   damaged lines once, with their line numbers, and moves them to ``NAME.rejected``, so readers
@@ -37,6 +44,8 @@ from mcmia_helpers.errors import UserError
 
 #: The key under which :func:`atomic_torch_save` stores the content digest of a saved dict.
 DIGEST_KEY = "content_sha256"
+#: The key under which a cache entry stores its own cache key (see :func:`atomic_torch_save`).
+KEY_FIELD = "cache_key"
 
 
 class DamagedFile(Exception):
@@ -176,22 +185,39 @@ def content_digest(obj: Any) -> str:
     return h.hexdigest()
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+def entry_key(path: str | os.PathLike) -> str:
+    """The cache key a file's name stands for: its name without the ``.pt`` suffix."""
+    name = Path(path).name
+    return name[:-3] if name.endswith(".pt") else name
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, *, key: str | None = None) -> Path:
     """``torch.save`` to ``path`` atomically; a dict is saved with its :func:`content_digest`
-    under :data:`DIGEST_KEY`, for :func:`load_verified` to check."""
+    under :data:`DIGEST_KEY`, for :func:`load_verified` to check.
+
+    With ``key`` (a cache entry's key) the dict also stores it under :data:`KEY_FIELD`, inside
+    the digested content. A dict that already carries a stored key (an entry loaded to be
+    re-saved or copied) is re-stamped with ``key``, or with the key ``path``'s name stands for
+    (:func:`entry_key`), so a copy made on purpose (a legacy alias) is valid under its new name.
+    """
     if isinstance(obj, dict):
         body = {k: v for k, v in obj.items() if k != DIGEST_KEY}
+        if key is not None or KEY_FIELD in body:
+            body[KEY_FIELD] = str(key if key is not None else entry_key(path))
         obj = {**body, DIGEST_KEY: content_digest(body)}
     return atomic_write(path, lambda h: torch.save(obj, h))
 
 
-def load_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> tuple[dict, bool]:
-    """Load a dict saved by :func:`atomic_torch_save` and check its digest.
+def load_verified(path: str | os.PathLike, *, map_location: Any = "cpu",
+                  key: str | None = None) -> tuple[dict, bool]:
+    """Load a dict saved by :func:`atomic_torch_save` and check its digest, and its key.
 
     Returns ``(content, had_digest)``; ``had_digest`` is ``False`` for a file written before
     digests existed (the caller decides how far to trust it, see the module docstring). Raises
-    :class:`DamagedFile` with the reason when the file cannot be read, is not a dict, or does not
-    match its digest. Always ``weights_only``: a cache file never runs code.
+    :class:`DamagedFile` with the reason when the file cannot be read, is not a dict, does not
+    match its digest, or stores a cache key (:data:`KEY_FIELD`, kept in ``content``) other than
+    ``key`` (default: the key the file's name stands for, :func:`entry_key`): a valid entry of
+    another model copied over this one. Always ``weights_only``: a cache file never runs code.
     """
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
@@ -201,11 +227,13 @@ def load_verified(path: str | os.PathLike, *, map_location: Any = "cpu") -> tupl
     if not isinstance(blob, dict):
         raise DamagedFile(f"holds a {type(blob).__name__}, not a checkpoint dict")
     stored = blob.pop(DIGEST_KEY, None)
-    if stored is None:
-        return blob, False
-    if content_digest(blob) != stored:
+    if stored is not None and content_digest(blob) != stored:
         raise DamagedFile("content does not match its digest")
-    return blob, True
+    own = blob.get(KEY_FIELD)
+    expected = str(key) if key is not None else entry_key(path)
+    if own is not None and own != expected:
+        raise DamagedFile(f"a valid entry of another model: it is {str(own)[:40]}, not {expected[:40]}")
+    return blob, stored is not None
 
 
 def set_aside(path: str | os.PathLike, reason: str, action: str) -> None:

@@ -39,8 +39,33 @@ ImageNet models, a custom forward) falls back to sequential ``fit``, with the sa
 On a 2-core CPU batching gains most for LeNet-5; for MobileNetV2 and ResNet18 the grouped and
 sequential paths cost about the same there, and batching pays off on a GPU.
 
+*Group invariance.* A model's numbers do not depend on the group it trains (or predicts) in,
+so a model retrained alone after damage, or in another group after an interrupt, is bit for bit
+the model it replaces. Measured on the CPU (oneDNN, one thread; LeNet-5 and the small VGG16,
+MobileNetV2 and ResNet18 on 1-channel images): every model's gradients in a group of 2 and of 4
+to 40 stacked models are bit for bit the same, at any position; a group of one (ordinary, not
+grouped, convolutions) and a group of three (a first convolution with 3 input channels in
+all, for which oneDNN evidently picks another kernel: only that layer's gradient differs) round
+differently, up to 2e-2 in a ResNet18 gradient, which a few epochs of Adam grow into whole-model
+differences (8e-3 in ResNet18 x0.125 weights after 2 epochs; the probe of issue 23 saw 0.08 in
+shadow weights and 0.56 in zoo logits after a retrain). Those two sizes therefore run padded
+with a detached copy of the first model (:func:`padded_group_size`, :meth:`GroupedNet.forward`):
+since then a model trained alone, in 2, 3, 5 or 9 equals itself bit for bit (LeNet-5 with and
+without augmentation, ResNet18 x0.125, 3 epochs, weights and logits), and so do ci zoo models
+retrained after damage (LeNet-5 on Fashion-MNIST, 20 epochs: dense models retrained in a group
+of 2 and an ADMM-pruned model retrained alone, all trained first in groups of 4: identical
+logits). The padding costs a lone model about 1.5x (LeNet-5 0.6 -> 0.9 s, ResNet18 x0.125
+3.9 -> 5.6 s for 3 epochs on 256 digits, one CPU thread) and a group of three about 1.0-1.4x.
+``tests/test_retrain_reproduces.py`` checks the invariance on the machine that runs the tests.
+On a GPU it was not measured (no GPU was available): cuDNN chooses kernels by shape and some of
+its weight-gradient kernels are not deterministic unless
+``torch.use_deterministic_algorithms(True)``, so there bit-identity is not established and the
+size of the difference is unknown.
+
 Trained shadow models are cached like targets: :func:`load_or_train_models` keys each model by
-its configuration, seed and training indices, and trains only the missing ones (together).
+its configuration, seed and training indices (:func:`shadow_identity`), stores key and identity
+in the entry, trains only the missing ones (together, saving each group as it finishes, with an
+epoch checkpoint of the group in training) and refuses an entry that is another model's.
 """
 
 from __future__ import annotations
@@ -49,6 +74,7 @@ import copy
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -57,7 +83,8 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.io import (KEY_FIELD, atomic_torch_save, check_or_set_aside, entry_key,
+                              load_verified)
 from mcmia_helpers.models import BasicBlock, _InvertedResidual
 from mcmia_helpers.training import (TrainConfig, _autocast, cache_dir, check_finite_model, config_key,
                                     epoch_seed, fit, get_device, make_optimizer, make_scheduler,
@@ -170,7 +197,37 @@ class GroupedNet:
 
     def forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                 x: torch.Tensor, training: bool) -> torch.Tensor:
-        """Logits ``(M, B, K)``; ``x`` is ``(M, B, C, H, W)``, or ``(B, C, H, W)`` shared by all."""
+        """Logits ``(M, B, K)``; ``x`` is ``(M, B, C, H, W)``, or ``(B, C, H, W)`` shared by all.
+
+        A group of a size whose kernels round differently (:func:`padded_group_size`) runs
+        padded with copies of its first model, so that every model's numbers are the same
+        whatever group it trains or predicts in (see the module docstring, *group invariance*).
+        """
+        n_models = next(iter(params.values())).shape[0]
+        padded = padded_group_size(n_models, _first_leaf(self.plan).module)
+        if padded != n_models:
+            return self._forward_padded(params, buffers, x, training, padded - n_models)
+        return self._forward(params, buffers, x, training)
+
+    def _forward_padded(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                        x: torch.Tensor, training: bool, extra: int) -> torch.Tensor:
+        """:meth:`_forward` with ``extra`` detached copies of model 0 appended: the gradient of
+        the real models is the slice of a concatenation (no arithmetic), the copies' outputs are
+        dropped and the real models' buffers (BatchNorm statistics) are copied back."""
+        def pad(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, t[:1].detach().expand(extra, *t.shape[1:])])
+
+        padded_params = {k: pad(v) for k, v in params.items()}
+        padded_buffers = {k: pad(v).clone() for k, v in buffers.items()}
+        out = self._forward(padded_params, padded_buffers, pad(x) if x.dim() == 5 else x, training)
+        if training:
+            with torch.no_grad():
+                for k, v in buffers.items():
+                    v.copy_(padded_buffers[k][:v.shape[0]])
+        return out[:out.shape[0] - extra]
+
+    def _forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                 x: torch.Tensor, training: bool) -> torch.Tensor:
         n_models = next(iter(params.values())).shape[0]
         first = _first_leaf(self.plan)
         shared = x.dim() == 4 and isinstance(first.module, nn.Conv2d) and first.module.groups == 1
@@ -257,6 +314,18 @@ class GroupedNet:
                             use_batch_stats, factor, layer.eps)
 
 
+def padded_group_size(n_models: int, first: nn.Module | None = None) -> int:
+    """The group size to run ``n_models`` stacked models at: ``n_models``, raised past the sizes
+    whose kernels round differently from the others (see the module docstring, *group
+    invariance*): one model (ordinary, not grouped, convolutions) and a first convolution with
+    3 input channels in all."""
+    in_channels = first.in_channels // first.groups if isinstance(first, nn.Conv2d) else 0
+    size = max(2, n_models)
+    while size == 3 or size * in_channels == 3:
+        size += 1
+    return size
+
+
 def stack_states(models: Sequence[nn.Module]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Stacked parameters (leaf tensors that require grad) and buffers of ``models``."""
     named_params = [dict(m.named_parameters()) for m in models]
@@ -328,8 +397,15 @@ def train_models_sequential(arch_builder: ArchBuilder, n_models: int, bundle: Da
 
 def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle,
                  index_sets: list[torch.Tensor], config: TrainConfig, seeds: list[int],
-                 device: torch.device, progress: bool) -> list[list[dict]]:
-    """Train ``models`` (equal-size index sets) together in place; return their histories."""
+                 device: torch.device, progress: bool,
+                 checkpoint: Path | None = None) -> list[list[dict]]:
+    """Train ``models`` (equal-size index sets) together in place; return their histories.
+
+    With ``checkpoint`` the group (stacked weights, buffers, optimiser, schedule, histories) is
+    saved atomically after every epoch, and a killed run resumes from its last finished epoch
+    with the same numbers (every shuffle derives from a model's seed and the epoch); a damaged
+    checkpoint is set aside and the group starts from epoch 0.
+    """
     from tqdm.auto import tqdm
 
     n_models = len(models)
@@ -341,7 +417,21 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
     index_sets = [torch.as_tensor(idx, dtype=torch.long) for idx in index_sets]
     n = len(index_sets[0])
     histories: list[list[dict]] = [[] for _ in range(n_models)]
-    bar = tqdm(range(config.epochs), disable=not progress, desc=f"{n_models} models", leave=False)
+    start_epoch = 0
+    if checkpoint is not None and check_or_set_aside(checkpoint, "training the group from epoch 0"):
+        state, _ = load_verified(checkpoint, map_location=device)
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(state["params"][k])
+            for k, v in buffers.items():
+                v.copy_(state["buffers"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        histories = json.loads(state["histories"])
+        start_epoch = int(state["epoch"]) + 1
+    bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc=f"{n_models} models",
+               leave=False)
     for epoch in bar:
         gens = [torch.Generator().manual_seed(epoch_seed(s, epoch)) for s in seeds]
         orders = torch.stack([idx[torch.randperm(n, generator=g)] for idx, g in zip(index_sets, gens)])
@@ -373,6 +463,13 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
         for i in range(n_models):
             histories[i].append({"epoch": epoch, "loss": float(total_loss[i]) / n,
                                  "acc": int(correct[i]) / n})
+        if checkpoint is not None:
+            atomic_torch_save({"params": {k: v.detach().cpu() for k, v in params.items()},
+                               "buffers": {k: v.detach().cpu() for k, v in buffers.items()},
+                               "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                               "histories": json.dumps(histories), "epoch": epoch},
+                              checkpoint, key=entry_key(checkpoint))
     unstack_into(models, params, buffers)
     return histories
 
@@ -381,7 +478,8 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
                          index_sets: Sequence[torch.Tensor], config: TrainConfig,
                          seeds: Sequence[int], *, device: torch.device | None = None,
                          progress: bool = False, max_group: int | None = 32,
-                         histories: list | None = None) -> list[nn.Module]:
+                         histories: list | None = None,
+                         checkpoint: Path | None = None) -> list[nn.Module]:
     """Train ``n_models`` models of one architecture together; return them (on ``device``).
 
     Model ``i`` is built by ``arch_builder()`` under ``torch.manual_seed(seeds[i])`` and
@@ -390,7 +488,11 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     index sets train as one grouped network (at most ``max_group`` at a time, to bound memory);
     architectures the grouped form does not support fall back to sequential ``fit``.
     ``arch_builder`` should not reseed torch itself, or all models share one initialisation.
-    ``histories``, if given a list, receives each model's per-epoch history.
+    ``histories``, if given a list, receives each model's per-epoch history. ``checkpoint`` (a
+    path prefix) makes every group resumable after every epoch (files ``<checkpoint>.<j>.pt``,
+    see :func:`_train_group`; the caller deletes them, :func:`drop_checkpoints`, once the models
+    are saved). A model's numbers do not depend on which group it trains in (see the module
+    docstring, *group invariance*), so resumed, regrouped and retrained models are the same.
     """
     _check_inputs(n_models, index_sets, seeds)
     device = device or get_device()
@@ -398,9 +500,10 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     net = grouped_net_for(models[0], bundle)
     if net is None:  # unsupported architecture: same results, one model at a time
         out: list[list[dict]] = []
-        for model, idx, seed in zip(models, index_sets, seeds):
+        for i, (model, idx, seed) in enumerate(zip(models, index_sets, seeds)):
+            path = None if checkpoint is None else Path(f"{checkpoint}.{i}.pt")
             out.append(fit(model, bundle, idx, replace(config, seed=int(seed)), device=device,
-                           progress=progress))
+                           progress=progress, checkpoint_path=path))
         if histories is not None:
             histories.extend(out)
         return models
@@ -414,9 +517,10 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     for members in by_size.values():
         for start in range(0, len(members), max_group):
             group = members[start:start + max_group]
+            path = None if checkpoint is None else Path(f"{checkpoint}.{group[0]}.pt")
             hist = _train_group(net, [models[i] for i in group], bundle,
                                 [index_sets[i] for i in group], config,
-                                [int(seeds[i]) for i in group], device, progress)
+                                [int(seeds[i]) for i in group], device, progress, path)
             found.update(zip(group, hist))
     if histories is not None:
         histories.extend(found[i] for i in range(n_models))
@@ -476,28 +580,53 @@ class ShadowSpec:
     seed: int
 
 
+def shadow_identity(base_config: dict[str, Any], spec: ShadowSpec, config: TrainConfig) -> dict[str, Any]:
+    """What identifies one shadow model (JSON-normalised): ``base_config`` (architecture, data,
+    width...), its training configuration with its own seed, and its training indices (size and
+    hash). Its :func:`~mcmia_helpers.training.config_key` is the model's cache key."""
+    model_config = {**base_config, "role": "shadow", "n_train": int(len(spec.indices)),
+                    "indices_sha256": _digest(spec.indices),
+                    "train": replace(config, seed=int(spec.seed)).to_dict()}
+    return json.loads(json.dumps(model_config, sort_keys=True, default=str))
+
+
+def drop_checkpoints(prefix: Path) -> None:
+    """Delete the epoch checkpoints ``<prefix>.<j>.pt`` of :func:`train_models_batched`."""
+    for path in prefix.parent.glob(prefix.name + ".*.pt"):
+        path.unlink(missing_ok=True)
+
+
 def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
                          bundle: DatasetBundle, specs: Sequence[ShadowSpec], config: TrainConfig, *,
                          device: torch.device | None = None, progress: bool = False,
-                         cache: str | None = None) -> tuple[list[nn.Module], dict[str, Any]]:
+                         cache: str | None = None,
+                         group_size: int = 32) -> tuple[list[nn.Module], dict[str, Any]]:
     """The models of ``specs``, from the cache where there, the missing ones trained together.
 
-    Each model's cache key is ``base_config`` (architecture, data, width...) plus its training
-    configuration with its own seed and a hash of its training indices, so a model is shared
-    by every experiment that would train exactly it (e.g. by all defences of one target).
+    Each model's cache key is that of its :func:`shadow_identity` (``base_config`` plus its
+    training configuration with its own seed and a hash of its training indices), so a model is
+    shared by every experiment that would train exactly it (e.g. by all defences of one target).
     Returns the models (on the CPU) and ``{"cached": n_loaded, "trained": n_trained, "keys": [...]}``.
-    A cached model that is damaged (unreadable, digest mismatch, wrong shapes) is set aside with
-    a one-line notice and trained again with the missing ones; one written before digests
-    existed is re-saved with its digest once it loaded strictly. A model whose weights turn
-    non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and nothing is cached.
+
+    The missing models train ``group_size`` at a time; each group's models are saved as soon as
+    it finishes, and the group in training keeps an epoch checkpoint, so an interrupt loses at
+    most one epoch of one group (the rerun loads the saved models and resumes the group). A
+    model's seed and data order come from its spec alone and the grouped engine gives every
+    model the same numbers whatever its group (the module docstring, *group invariance*), so a model retrained
+    alone after damage, or resumed, is bit for bit the model it replaces.
+
+    Each entry stores its key and identity inside its digested content. A cached model is set
+    aside with a one-line notice and trained again with the missing ones when it is damaged
+    (unreadable, digest mismatch, wrong shapes) or is another model's valid entry (its stored
+    key or identity is not this model's). An entry written before identities were stored is
+    trusted when its stored seed is the spec's and it loads strictly, and is then re-saved with
+    its key (a copy of another shadow model has another seed, so it is caught too). A model whose
+    weights turn non-finite raises :class:`~mcmia_helpers.errors.TrainingDiverged` and nothing
+    of it is cached.
     """
     folder = cache_dir(cache)
-    keys = []
-    for spec in specs:
-        model_config = {**base_config, "role": "shadow", "n_train": int(len(spec.indices)),
-                        "indices_sha256": _digest(spec.indices),
-                        "train": replace(config, seed=int(spec.seed)).to_dict()}
-        keys.append(config_key(json.loads(json.dumps(model_config, sort_keys=True, default=str))))
+    identities = [shadow_identity(base_config, spec, config) for spec in specs]
+    keys = [config_key(identity) for identity in identities]
     models: list[nn.Module | None] = [None] * len(specs)
     missing = []
     for i, (spec, key) in enumerate(zip(specs, keys)):
@@ -508,28 +637,58 @@ def load_or_train_models(base_config: dict[str, Any], arch_builder: ArchBuilder,
         else:
             missing.append(i)
     if missing:
-        trained = train_models_batched(arch_builder, len(missing), bundle,
-                                       [specs[i].indices for i in missing], config,
-                                       [specs[i].seed for i in missing], device=device,
-                                       progress=progress)
-        for model in trained:
-            check_finite_model(model)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the model cache {folder} ({exc.strerror}): set "
                             "MCMIA_CACHE to a writable folder") from None
-        for i, model in zip(missing, trained):
+    step = max(1, int(group_size))
+    for start in range(0, len(missing), step):
+        group = missing[start:start + step]
+        checkpoint = folder / f"shadow-group-{config_key({'shadow_group': [keys[i] for i in group]})}"
+        trained = train_models_batched(arch_builder, len(group), bundle,
+                                       [specs[i].indices for i in group], config,
+                                       [specs[i].seed for i in group], device=device,
+                                       progress=progress, max_group=len(group),
+                                       checkpoint=checkpoint)
+        for model in trained:
+            check_finite_model(model)
+        for i, model in zip(group, trained):
             state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-            atomic_torch_save({"state_dict": state, "seed": int(specs[i].seed)},
-                              folder / f"{keys[i]}.pt")
+            atomic_torch_save({"state_dict": state, "seed": int(specs[i].seed),
+                               "identity": json.dumps(identities[i], sort_keys=True)},
+                              folder / f"{keys[i]}.pt", key=keys[i])
             models[i] = model.cpu()
+        drop_checkpoints(checkpoint)
     info = {"cached": len(specs) - len(missing), "trained": len(missing), "keys": keys}
     return [m for m in models if m is not None], info
 
 
+def _shadow_check(path: Path, seed: int) -> Callable[[dict], str | None]:
+    """:func:`~mcmia_helpers.training.load_cache_entry`'s check of a shadow entry: it stores this
+    model's seed, and its stored identity (where it has one: entries written before identities
+    were stored have none) hashes to its key (the stored key is checked against the file name
+    on load)."""
+    def check(blob: dict) -> str | None:
+        stored = blob.get("seed")
+        if not isinstance(stored, int) or isinstance(stored, bool) or stored != seed:
+            return f"it is the entry of another shadow model (seed {stored!r}, not {seed})"
+        text = blob.get("identity")
+        if text is None:
+            return None
+        try:
+            found = config_key(json.loads(text)) if isinstance(text, str) else None
+        except (ValueError, TypeError):
+            found = None
+        if found != blob.get(KEY_FIELD, entry_key(path)):
+            return "its stored identity is not the one its key stands for"
+        return None
+    return check
+
+
 def _load_cached_shadow(path, arch_builder: ArchBuilder, seed: int) -> nn.Module | None:
-    """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged."""
+    """A cached shadow model, or ``None`` (after a one-line notice) when its file is damaged or
+    holds another model (see :func:`load_or_train_models`)."""
     torch.manual_seed(seed)
     model = arch_builder()
-    return model if load_cache_entry(path, model) is not None else None
+    return model if load_cache_entry(path, model, _shadow_check(Path(path), seed)) is not None else None

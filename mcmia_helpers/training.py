@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.errors import TrainingDiverged, UserError
-from mcmia_helpers.io import (DamagedFile, atomic_torch_save, check_or_set_aside, load_verified,
-                              set_aside)
+from mcmia_helpers.io import (KEY_FIELD, DamagedFile, atomic_torch_save, check_or_set_aside,
+                              entry_key, load_verified, set_aside)
 
 #: Bump when a change to training makes old cached models wrong.
 CACHE_VERSION = 1
@@ -294,7 +294,7 @@ def fit(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor, config: 
             atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                "scheduler": scheduler.state_dict() if scheduler else {},
                                "callback": callback.state_dict(), "history": history,
-                               "epoch": epoch}, checkpoint_path)
+                               "epoch": epoch}, checkpoint_path, key=entry_key(checkpoint_path))
     return history
 
 
@@ -359,9 +359,12 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
     folder = cache_dir(cache)
     key = config_key(config)
     final, partial = folder / f"{key}.pt", folder / f"{key}.partial.pt"
+    aliases = list(aliases)
+    # whose an entry may be: this configuration, or an older spelling of it (an alias copy)
+    own = _configured_as([config, *aliases])
     model = build()
     if final.exists():
-        cached = _load_cached_model(final, model)
+        cached = _load_cached_model(final, model, own)
         if cached is not None:
             return model, {"key": key, "cached": True, "history": cached[0]}
         model = build()  # a failed load_state_dict may have filled part of the model
@@ -369,10 +372,10 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
         old = folder / f"{config_key(alias)}.pt"
         if old == final or not old.exists():
             continue
-        cached = _load_cached_model(old, model)
+        cached = _load_cached_model(old, model, own)
         if cached is not None:
             with contextlib.suppress(UserError):  # a read-only cache: found under the alias next time
-                atomic_torch_save(cached[1], final)
+                atomic_torch_save(cached[1], final, key=key)
             return model, {"key": key, "cached": True, "history": cached[0]}
         model = build()
     try:
@@ -389,19 +392,39 @@ def load_or_train(config: dict[str, Any], build: Callable[[], nn.Module],
         raise
     cpu_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": cpu_state, "history": history,
-                       "config": json.dumps(config, sort_keys=True, default=str)}, final)
+                       "config": json.dumps(config, sort_keys=True, default=str)}, final, key=key)
     partial.unlink(missing_ok=True)
     return model, {"key": key, "cached": False, "history": history}
 
 
-def load_cache_entry(path: Path, model: nn.Module) -> dict | None:
+def _configured_as(configs: list[dict[str, Any]]) -> Callable[[dict], str | None]:
+    """A check for :func:`load_cache_entry`: the entry's stored configuration must be one of
+    ``configs`` (a target's own, or an older spelling of it), as :func:`load_or_train` stores it;
+    entries that store none pass."""
+    accepted = {json.dumps(c, sort_keys=True, default=str) for c in configs}
+
+    def check(blob: dict) -> str | None:
+        text = blob.get("config")
+        if not isinstance(text, str) or text in accepted:
+            return None
+        return f"it was trained for another configuration ({text[:60]})"
+    return check
+
+
+def load_cache_entry(path: Path, model: nn.Module,
+                     check: Callable[[dict], str | None] | None = None) -> dict | None:
     """Load the cached weights at ``path`` into ``model`` and return the file's content, or
     ``None`` (after setting the file aside with a one-line notice) when it is damaged: its
-    digest does not match, it cannot be read, or it does not fit ``model`` strictly. A legacy
+    digest does not match, it cannot be read, it is a valid entry stored under another key
+    (:func:`~mcmia_helpers.io.load_verified`), ``check(content)`` names a reason (the entry's
+    stored identity is not the one asked for), or it does not fit ``model`` strictly. A legacy
     entry (no digest) that loads fully and strictly is re-saved with its digest. Used for every
     cached model: targets (:func:`load_or_train`) and shadow models alike."""
     try:
         blob, had_digest = load_verified(path)
+        reason = check(blob) if check is not None else None
+        if reason is not None:
+            raise DamagedFile(reason)
         model.load_state_dict(blob["state_dict"])
         if "history" in blob:
             blob["history"] = list(blob["history"])
@@ -409,17 +432,18 @@ def load_cache_entry(path: Path, model: nn.Module) -> dict | None:
         reason = str(exc) if isinstance(exc, DamagedFile) else f"{type(exc).__name__}: {str(exc)[:100]}"
         set_aside(path, reason, "training the model again")
         return None
-    if not had_digest:
+    if not had_digest or KEY_FIELD not in blob:  # legacy: checked as far as it can be, upgraded
         try:
-            atomic_torch_save(blob, path)
+            atomic_torch_save(blob, path, key=entry_key(path))
         except UserError:
             pass  # a read-only cache: keep using the legacy entry as it is
     return blob
 
 
-def _load_cached_model(path: Path, model: nn.Module) -> tuple[list[dict], dict] | None:
+def _load_cached_model(path: Path, model: nn.Module, check: Callable[[dict], str | None] | None = None
+                       ) -> tuple[list[dict], dict] | None:
     """:func:`load_cache_entry` for a target: its history and the file's content, or ``None``."""
-    blob = load_cache_entry(path, model)
+    blob = load_cache_entry(path, model, check)
     if blob is None or "history" not in blob:
         if blob is not None:
             set_aside(path, "no training history in the entry", "training the model again")

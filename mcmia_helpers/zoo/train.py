@@ -12,6 +12,12 @@ on the whole pool and its test accuracy. So
   loses at most the epoch in training; models trained one at a time (Min-Max, DP-SGD,
   iterative pruning) resume from their defence trainer's own epoch checkpoints;
 * a zoo with more models reuses the first ones (their members and seeds do not depend on N);
+* an entry knows whose it is: it stores its key and identity (the recipe the key hashes) in its
+  digested content, and a load checks them, the seed, the logits' shape (pool, classes) and a
+  dense model's weight shapes (:func:`_check_entry`), so another model's valid entry, or one
+  with half its logits, is set aside and retrained; the retrained model is bit for bit the one
+  it replaces (its seed and data order are its own, and the grouped engine gives a model the
+  same numbers in every group: :mod:`mcmia_helpers.shadow`, *group invariance*);
 * the zoo of a defence reuses the dense zoo's halves and seeds: model ``i`` of every zoo trains
   on row ``i`` of one membership matrix, initialised and shuffled with seed
   :func:`~mcmia_helpers.zoo.membership.model_seed` ``(seed, i)``.
@@ -36,6 +42,7 @@ other defences  (``minmax``, ``prune+minmax``, ``dp``) through their registered 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -54,7 +61,8 @@ from mcmia_helpers.defences.pruning import (PRUNING_CHOICES, STRUCTURED, ADMMSet
                                             default_sparsity_profile,
                                             resolve_sparsity, train_pruned, vgg_with_channels)
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import DamagedFile, atomic_torch_save, load_verified, notice, set_aside
+from mcmia_helpers.io import (KEY_FIELD, DamagedFile, atomic_torch_save, load_verified, notice,
+                              set_aside)
 from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
 from mcmia_helpers.shadow import predict_logits_many, train_models_batched
@@ -216,12 +224,46 @@ def model_context(setup: ZooSetup, i: int, defense: str, params: dict[str, Any])
                                 **setup.zoo_pool.identity()})
 
 
-def model_key(setup: ZooSetup, i: int, defense: str, params: dict[str, Any]) -> str:
+class ZooKey(str):
+    """A zoo model's cache key (the string) that also carries what it stands for: the model's
+    identity (the recipe it hashes), its seed, and the shapes its entry must have (logits on
+    the pool; the builder's weights for dense and dense-long models). :func:`_load_entry` checks
+    an entry against them before it is used."""
+
+    identity: dict
+    seed: int
+    logits_shape: tuple[int, int]
+    state_shapes: dict[str, tuple[int, ...]] | None
+
+    def __new__(cls, key: str, identity: dict, seed: int, logits_shape: tuple[int, int],
+                state_shapes: dict[str, tuple[int, ...]] | None) -> "ZooKey":
+        self = super().__new__(cls, key)
+        self.identity, self.seed = identity, int(seed)
+        self.logits_shape, self.state_shapes = logits_shape, state_shapes
+        return self
+
+    def __reduce__(self):  # copies and pickles keep what the key stands for
+        return (ZooKey, (str(self), self.identity, self.seed, self.logits_shape, self.state_shapes))
+
+
+def model_key(setup: ZooSetup, i: int, defense: str, params: dict[str, Any]) -> ZooKey:
     """The cache key of zoo model ``i`` of ``defense``: its whole recipe (see the module doc)."""
     ctx = model_context(setup, i, defense, params)
     blob = {"zoo_model": ctx.cache_config(), "num_classes": ctx.bundle.num_classes,
             "dense_long_epochs": long_epochs(setup.ctx.train_config) if defense == DENSE_LONG else None}
-    return config_key(json.loads(json.dumps(blob, sort_keys=True, default=str)))
+    identity = json.loads(json.dumps(blob, sort_keys=True, default=str))
+    shapes = _state_shapes(setup) if defense in ("none", DENSE_LONG) else None
+    return ZooKey(config_key(identity), identity, ctx.train_config.seed,
+                  (len(setup.zoo_pool.pool), ctx.bundle.num_classes), shapes)
+
+
+def _state_shapes(setup: ZooSetup) -> dict[str, tuple[int, ...]]:
+    """The weight shapes of the zoo's architecture as built (one template per setup)."""
+    found = getattr(setup, "_state_shapes", None)
+    if found is None:
+        found = {k: tuple(v.shape) for k, v in _builder(setup)().state_dict().items()}
+        setup._state_shapes = found
+    return found
 
 
 def long_epochs(config: TrainConfig) -> int:
@@ -275,17 +317,57 @@ def _path(key: str):
     return cache_dir() / "zoo" / f"{key}.pt"
 
 
+def _check_entry(key: str, blob: dict) -> None:
+    """Raise :class:`DamagedFile` unless ``blob`` is a whole entry of the model ``key`` stands
+    for: every field there, logits of the pool's shape, a test accuracy, and (a :class:`ZooKey`)
+    this model's seed, its identity (where stored) and the architecture's weight shapes.
+
+    Entries written before keys and identities were stored (legacy: no ``cache_key``) are
+    trusted when their seed and shapes are this model's, and re-saved with key and identity by
+    :func:`_load_entry`: a copy of another model of the zoo has another seed and is caught.
+    """
+    for name in ("state_dict", "logits", "test_acc", "seed"):
+        if name not in blob:
+            raise DamagedFile(f"no {name} in the entry")
+    logits, state = blob["logits"], blob["state_dict"]
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise DamagedFile("its logits are not a float tensor")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DamagedFile("its weights are not a state dict")
+    if not isinstance(blob["test_acc"], float) or not 0.0 <= blob["test_acc"] <= 1.0:
+        raise DamagedFile(f"its test accuracy {blob['test_acc']!r} is not a fraction")
+    if not isinstance(key, ZooKey):
+        return
+    if tuple(logits.shape) != key.logits_shape:
+        raise DamagedFile(f"logits of shape {tuple(logits.shape)}, not {key.logits_shape} "
+                          "(pool size, classes)")
+    if blob["seed"] != key.seed:
+        raise DamagedFile(f"the entry of another model (seed {blob['seed']!r}, not {key.seed})")
+    if "identity" in blob and blob["identity"] != json.dumps(key.identity, sort_keys=True):
+        raise DamagedFile("the entry of another recipe (its stored identity is not this model's)")
+    if key.state_shapes is not None and blob.get("conv_channels") is None:
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if found != key.state_shapes:
+            wrong = sorted(set(found.items()) ^ set(key.state_shapes.items()))[:1]
+            raise DamagedFile(f"weights that are not the architecture's (e.g. {wrong[0][0]})")
+
+
 def _load_entry(key: str) -> dict | None:
+    """The checked entry of zoo model ``key`` (:func:`_check_entry`), or ``None`` when there is
+    none or it was set aside (damaged, or another model's valid entry: one-line notice)."""
     path = _path(key)
     if not path.exists():
         return None
     try:
-        blob, _ = load_verified(path)
-        for name in ("state_dict", "logits", "test_acc", "seed"):
-            blob[name]
-    except (DamagedFile, KeyError) as exc:
+        blob, _ = load_verified(path, key=str(key))
+        _check_entry(key, blob)
+    except DamagedFile as exc:
         set_aside(path, str(exc), "training the zoo model again")
         return None
+    if KEY_FIELD not in blob and isinstance(key, ZooKey):  # legacy: upgraded once it passed
+        blob["identity"] = json.dumps(key.identity, sort_keys=True)
+        with contextlib.suppress(UserError):  # a read-only cache: checked again next time
+            atomic_torch_save(blob, path, key=str(key))
     return blob
 
 
@@ -312,7 +394,9 @@ def _save_entries(setup: ZooSetup, keys: Sequence[str], models: Sequence[nn.Modu
                 "seed": int(seed), "extra": json.dumps(extra, sort_keys=True, default=str)}
         if extra.get("pruning") == STRUCTURED:  # a narrow model: its shapes are not the builder's
             blob["conv_channels"] = conv_channels(model)
-        atomic_torch_save(blob, _path(key))
+        if isinstance(key, ZooKey):
+            blob["identity"] = json.dumps(key.identity, sort_keys=True)
+        atomic_torch_save(blob, _path(key), key=str(key))
         out.append(blob)
     return out
 
