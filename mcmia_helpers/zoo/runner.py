@@ -5,6 +5,11 @@ See :mod:`mcmia_helpers.zoo.membership` (who trains on what; canaries after Aern
 Tramèr, CCS 2024), :mod:`mcmia_helpers.zoo.train` (cached, resumable, batched training) and
 :mod:`mcmia_helpers.zoo.evaluate` (leave-one-out LiRA after Carlini et al. 2022, pooled and
 per-target metrics, bootstrap over targets, paired differences).
+
+For a cluster, the models can be trained elsewhere first: :func:`train_zoo_range` is one task
+(``zoo --train-only --model-range A:B``), :func:`train_command` and :func:`task_ranges` print the
+tasks (``zoo --print-commands``), and ``run_zoo(..., require_cached=True)`` attacks without
+training, naming the command for any model still missing (:func:`missing_message`).
 """
 
 from __future__ import annotations
