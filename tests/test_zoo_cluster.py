@@ -5,15 +5,17 @@ of them run at once as separate processes on one shared cache folder (as the tas
 array would), exactly as printed, through a shell. Then the attack run (``--require-cached``)
 trains nothing and writes the same record, bit for bit, as one process that trains and attacks
 the same zoo in another cache. The zoo is tiny (6 LeNet-5 models on 100 members each, ci
-epochs), so each process costs seconds, most of it starting Python and torch.
+epochs): the whole zoo trains in about 2.5 CPU-seconds, and each task process costs about 8,
+most of it importing torch and the package (measured at load 6 on the 2 shared cores: the three
+tasks 49 s wall, 23.5 CPU-s together).
 
 The tasks train aligned blocks of ``--group-size 2`` and the single process trains the whole zoo
-in one group of 6: on this CPU oneDNN computes every group of a grouped convolution alike for
-groups of 2 and of 4 to 32 models (measured: identical weights after 20 epochs; a group of 1
-runs a plain convolution and a group of 3 another first-layer kernel, see
+in one group of 6: on this CPU oneDNN computes each model's part of a grouped convolution alike
+in groups of 2 and of 6 (measured: identical weights after 20 epochs; a group of 1 runs a plain
+convolution and a group of 3 another first-layer kernel, see
 :func:`mcmia_helpers.zoo.train.model_blocks`), so the records agree bit for bit. Were they to
-differ on another machine, the test says whether the aligned grouping (``--group-size 6`` for
-both) would agree.
+differ on another machine, the failure says whether one process training in the tasks' aligned
+groups of 2 agrees with them.
 """
 
 from __future__ import annotations
