@@ -84,6 +84,19 @@ def _output(what: str):
     return convert
 
 
+def _model_range(text: str) -> tuple[int, int]:
+    """``A:B`` (models A to B-1) as a pair of integers with ``0 <= A < B``."""
+    parts = text.split(":")
+    try:
+        start, stop = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        start = stop = None
+    if start is None or stop is None or not 0 <= start < stop:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range A:B of models with 0 <= A < B "
+                                         "(e.g. 0:16 for models 0 to 15)")
+    return start, stop
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mcmia_helpers.defences import DEFENSES
 
@@ -175,6 +188,23 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--save-scores", type=_output("--save-scores"), default=None,
                      help="write pool indices, membership matrix and an N x P score matrix per attack (.npz)")
     zoo.add_argument("--progress", action="store_true", help="show progress bars")
+    cluster = zoo.add_argument_group("a zoo over a cluster (train the models anywhere, attack once)")
+    cluster.add_argument("--train-only", action="store_true",
+                         help="train (or find cached) the models of --model-range into the cache "
+                              "(with a defence, its dense zoo's too) and write nothing else")
+    cluster.add_argument("--model-range", type=_model_range, default=None, metavar="A:B",
+                         help="with --train-only: models A to B-1 of the zoo (default: all)")
+    cluster.add_argument("--print-commands", action="store_true",
+                         help="print one --train-only command per task that has models missing "
+                              "(for a SLURM array), instead of training")
+    cluster.add_argument("--per-task", type=_int_in(1, 10**6), default=None, metavar="K",
+                         help="with --print-commands: models per task (default: --group-size)")
+    cluster.add_argument("--require-cached", action="store_true",
+                         help="train nothing: a model missing from the cache is an error naming "
+                              "the command that trains it")
+    cluster.add_argument("--group-size", type=_int_in(1, 1024), default=16, metavar="G",
+                         help="models trained together on the grouped engine, in aligned blocks "
+                              "(default 16; lower it where a group does not fit in memory)")
 
     data = sub.add_parser("data", help="prepare datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_OneLineParser)
@@ -260,12 +290,60 @@ def _zoo(args: argparse.Namespace) -> int:
     spec = ZooSpec(arch=args.arch, dataset=args.dataset, scale=args.scale, defense=args.defense,
                    params=params, n_models=args.models, pool=args.pool, canaries=args.canaries,
                    seed=args.seed, standin=args.standin)
-    record = run_zoo(spec, args.attacks, save_scores=args.save_scores, progress=args.progress)
+    if args.train_only or args.print_commands or args.model_range or args.per_task:
+        return _zoo_cluster(args, spec)
+    record = run_zoo(spec, args.attacks, save_scores=args.save_scores, progress=args.progress,
+                     group_size=args.group_size, require_cached=args.require_cached)
     if args.out:
         atomic_write_json(args.out, record)
         print(f"wrote {args.out} ({record['dataset_description']})", file=sys.stderr)
     else:
         print(json.dumps(record, indent=2, sort_keys=True))
+    return 0
+
+
+def _zoo_cluster(args: argparse.Namespace, spec) -> int:
+    """``zoo --train-only [--model-range A:B]`` and ``zoo --print-commands [--per-task K]``."""
+    from mcmia_helpers.zoo import runner
+
+    def conflict(flag: str, other: str, why: str) -> None:
+        raise UserError(f"{flag} {why}: drop {other}")
+
+    if args.train_only and args.print_commands:
+        conflict("--print-commands", "--train-only", "prints the --train-only commands")
+    if args.model_range and not args.train_only:
+        conflict("--model-range", "--model-range (or add --train-only)", "needs --train-only")
+    if args.per_task and not args.print_commands:
+        conflict("--per-task", "--per-task (or add --print-commands)", "needs --print-commands")
+    if args.train_only:
+        for flag, value in (("--out", args.out), ("--save-scores", args.save_scores),
+                            ("--require-cached", args.require_cached)):
+            if value:
+                conflict("--train-only", flag, "trains models and writes no record")
+    spec.validate()
+    if args.train_only:
+        start, stop = args.model_range or (None, None)
+        done = runner.train_zoo_range(spec, start, stop, group_size=args.group_size,
+                                      progress=args.progress)
+        parts = [f"{name} zoo: {info['trained']} trained, {info['cached']} found in the cache"
+                 for name, info in (("dense", done.get("dense")), (spec.defense, done["zoo"])) if info]
+        print(f"models {done['models'][0]}-{done['models'][1] - 1}: " + "; ".join(parts),
+              file=sys.stderr)
+        return 0
+    runner.check_zoo_request(spec, args.attacks)
+    setup = runner.prepare_zoo(spec)
+    todo = runner.zoo_to_train(spec, setup)
+    per_task = args.per_task or args.group_size
+    for start, stop in runner.task_ranges(spec.models(), per_task, todo):
+        print(runner.train_command(spec, start, stop, group_size=args.group_size))
+    extra = ["--attacks", args.attacks, "--require-cached"]
+    if args.save_scores:
+        extra += ["--save-scores", str(args.save_scores)]
+    if args.out:
+        extra += ["--out", str(args.out)]
+    attack = runner.zoo_command(spec, group_size=args.group_size, extra=extra)
+    print(f"{len(todo)} of {spec.models()} models to train; once they are cached, attack with: "
+          f"{attack}", file=sys.stderr)
     return 0
 
 

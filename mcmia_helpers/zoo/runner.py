@@ -5,12 +5,18 @@ See :mod:`mcmia_helpers.zoo.membership` (who trains on what; canaries after Aern
 Tramèr, CCS 2024), :mod:`mcmia_helpers.zoo.train` (cached, resumable, batched training) and
 :mod:`mcmia_helpers.zoo.evaluate` (leave-one-out LiRA after Carlini et al. 2022, pooled and
 per-target metrics, bootstrap over targets, paired differences).
+
+For a cluster, the models can be trained elsewhere first: :func:`train_zoo_range` is one task
+(``zoo --train-only --model-range A:B``), :func:`train_command` and :func:`task_ranges` print the
+tasks (``zoo --print-commands``), and ``run_zoo(..., require_cached=True)`` attacks without
+training, naming the command for any model still missing (:func:`missing_message`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shlex
 import time
 from typing import Any, Iterable
 
@@ -26,7 +32,9 @@ from mcmia_helpers.zoo.epsilon import zoo_epsilon_bound
 from mcmia_helpers.zoo.evaluate import (ZooScores, attack_zoo, base_attack, example_exposure,
                                         paired_difference, zoo_attack_names, zoo_metrics)
 from mcmia_helpers.zoo.membership import membership_summary
-from mcmia_helpers.zoo.train import Zoo, ZooSetup, ZooSpec, prepare_zoo, train_zoo
+from mcmia_helpers.zoo.train import (Zoo, ZooModelsMissing, ZooSetup, ZooSpec,
+                                     describe_indices, missing_models, prepare_zoo, train_zoo,
+                                     train_zoo_models)
 
 SUBSETS = ("all", "ordinary", "canaries")
 
@@ -49,7 +57,7 @@ def _utility(zoo: Zoo) -> dict[str, Any]:
 def run_zoo(spec: ZooSpec, attacks: str | Iterable[str] = "lira_online,lira_offline,loss", *,
             save_scores: str | os.PathLike | None = None, progress: bool = False,
             n_bootstrap: int = 200, group_size: int = 16,
-            setup: ZooSetup | None = None) -> dict[str, Any]:
+            setup: ZooSetup | None = None, require_cached: bool = False) -> dict[str, Any]:
     """Train (or load) the zoo of ``spec`` and, where an attack needs it, the dense zoo; run
     ``attacks`` leave-one-out (names ending in ``_aware`` take their shadow models from the
     defended zoo, the others from the dense zoo); return the record.
@@ -58,16 +66,27 @@ def run_zoo(spec: ZooSpec, attacks: str | Iterable[str] = "lira_online,lira_offl
     ``(N, P)``, ``labels``, ``canary``, ``test_acc`` and per attack ``score_<attack>`` ``(N, P)``,
     ``threshold_<attack>`` ``(N,)`` and the per-example exposure ``exposure_auc_<attack>`` and
     ``exposure_flagged_in_<attack>`` (see :func:`~mcmia_helpers.zoo.evaluate.example_exposure`).
+
+    With ``require_cached`` nothing is trained: a model missing from the cache (of the zoo or
+    of its dense zoo) is a one-line :class:`UserError` naming the missing models and the
+    ``--train-only`` command that trains them (:func:`missing_message`).
     """
     started = time.perf_counter()
     names = check_zoo_request(spec, attacks)
     setup = setup or prepare_zoo(spec, progress=progress)
     params = spec.normalised_params()
     n = spec.models()
-    zoo = train_zoo(setup, spec.defense, params, n, group_size=group_size, progress=progress)
-    dense = zoo
-    if spec.defense != "none":
-        dense = train_zoo(setup, "none", {}, n, group_size=group_size, progress=progress)
+    if require_cached:
+        _check_cached(spec, setup, group_size)
+    try:
+        zoo = train_zoo(setup, spec.defense, params, n, group_size=group_size, progress=progress,
+                        require_cached=require_cached)
+        dense = zoo
+        if spec.defense != "none":
+            dense = train_zoo(setup, "none", {}, n, group_size=group_size, progress=progress,
+                              require_cached=require_cached)
+    except ZooModelsMissing as exc:  # an entry found damaged on reading, and set aside
+        raise UserError(missing_message(spec, exc.indices, group_size)) from None
     results: dict[str, Any] = {}
     scores: dict[str, ZooScores] = {}
     for name in names:
@@ -160,3 +179,89 @@ def save_zoo_scores(path: str | os.PathLike, setup: ZooSetup, zoo: Zoo,
         atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
     except OSError as exc:  # pragma: no cover - atomic_write turns these into UserError
         raise UserError(f"cannot write {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- a zoo over a cluster
+
+
+def train_zoo_range(spec: ZooSpec, start: int | None = None, stop: int | None = None, *,
+                    group_size: int = 16, progress: bool = False,
+                    setup: ZooSetup | None = None) -> dict[str, Any]:
+    """``zoo --train-only --model-range A:B``: put models ``start .. stop - 1`` (default: all)
+    of ``spec``'s zoo into the cache, and for a defended zoo those of its dense zoo too (the
+    attack run needs both; the dense ones first, where the defence starts from them), writing
+    nothing else. Returns what was found and trained, per zoo."""
+    spec.validate()
+    check_writable_dir(cache_dir(), "the model cache (MCMIA_CACHE)")
+    n = spec.models()
+    start, stop = (0 if start is None else int(start)), (n if stop is None else int(stop))
+    if not 0 <= start < stop <= n:
+        raise UserError(f"--model-range {start}:{stop} is not within the zoo's {n} models: use "
+                        f"A:B with 0 <= A < B <= {n}")
+    setup = setup or prepare_zoo(spec, progress=progress)
+    indices = list(range(start, stop))
+    out: dict[str, Any] = {"models": [start, stop]}
+    if spec.defense != "none":
+        out["dense"] = train_zoo_models(setup, "none", {}, indices, group_size=group_size,
+                                        progress=progress)
+    out["zoo"] = train_zoo_models(setup, spec.defense, spec.normalised_params(), indices,
+                                  group_size=group_size, progress=progress)
+    return out
+
+
+def zoo_command(spec: ZooSpec, *, group_size: int = 16, extra: Iterable[str] = ()) -> str:
+    """The ``python -m mcmia_helpers zoo`` command line of ``spec``'s zoo (every size resolved,
+    so the line means the same zoo whatever ``MCMIA_SCALE`` says), followed by ``extra``."""
+    args = ["python", "-m", "mcmia_helpers", "zoo", "--arch", spec.arch, "--dataset", spec.dataset,
+            "--scale", spec.scale, "--models", str(spec.models()), "--pool", str(spec.pool_size()),
+            "--canaries", str(spec.n_canaries()), "--defense", spec.defense, "--seed", str(spec.seed)]
+    if spec.standin:
+        args += ["--standin", spec.standin]
+    for key, value in sorted(spec.params.items()):
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    if group_size != 16:
+        args += ["--group-size", str(group_size)]
+    return shlex.join(args + list(extra))
+
+
+def train_command(spec: ZooSpec, start: int, stop: int, *, group_size: int = 16) -> str:
+    """The command that trains models ``start .. stop - 1`` of ``spec``'s zoo into the cache."""
+    return zoo_command(spec, group_size=group_size,
+                       extra=["--train-only", "--model-range", f"{start}:{stop}"])
+
+
+def task_ranges(n_models: int, per_task: int, todo: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """The ranges ``[k * per_task, (k + 1) * per_task)`` (the last one cut at ``n_models``) that
+    hold at least one model of ``todo`` (default: every model)."""
+    if per_task < 1:
+        raise UserError(f"--per-task {per_task} is not a positive number of models: use e.g. --per-task 16")
+    wanted = set(range(n_models) if todo is None else todo)
+    return [(a, min(a + per_task, n_models)) for a in range(0, n_models, per_task)
+            if wanted & set(range(a, min(a + per_task, n_models)))]
+
+
+def zoo_to_train(spec: ZooSpec, setup: ZooSetup) -> list[int]:
+    """The models of ``spec``'s zoo not yet in the cache, with those of its dense zoo for a
+    defended zoo (what :func:`train_zoo_range` would train)."""
+    n = spec.models()
+    todo = set(missing_models(setup, spec.defense, spec.normalised_params(), n))
+    if spec.defense != "none":
+        todo |= set(missing_models(setup, "none", {}, n))
+    return sorted(todo)
+
+
+def missing_message(spec: ZooSpec, missing: Iterable[int], group_size: int = 16) -> str:
+    """One line: which models are not cached and the command that trains them."""
+    missing = sorted(missing)
+    which = "zoo" if spec.defense == "none" else f"{spec.defense} zoo (or its dense zoo)"
+    return (f"{describe_indices(missing)} of the {which} are not in the model cache "
+            f"({cache_dir()}): train them with `{train_command(spec, missing[0], missing[-1] + 1, group_size=group_size)}` "
+            "(or print one command per cluster task with --print-commands), or drop "
+            "--require-cached to train them here")
+
+
+def _check_cached(spec: ZooSpec, setup: ZooSetup, group_size: int) -> None:
+    todo = zoo_to_train(spec, setup)
+    if todo:
+        raise UserError(missing_message(spec, todo, group_size))

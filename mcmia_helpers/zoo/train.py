@@ -11,6 +11,11 @@ on the whole pool and its test accuracy. So
   engine) checkpoint the whole group after every epoch (:func:`group_checkpoint`), so a kill
   loses at most the epoch in training; models trained one at a time (Min-Max, DP-SGD,
   iterative pruning) resume from their defence trainer's own epoch checkpoints;
+* a zoo can be trained anywhere, in parts: :func:`train_zoo_models` puts any models of it into
+  the cache (``zoo --train-only --model-range A:B``, one task of a cluster array), and processes
+  sharing one cache never train a model twice (a per-model claim, :mod:`~mcmia_helpers.zoo.claims`;
+  entries are written atomically). Models train together in aligned blocks
+  (:func:`model_blocks`), so an aligned range gives the same models as the whole zoo, bit for bit;
 * a zoo with more models reuses the first ones (their members and seeds do not depend on N);
 * an entry knows whose it is: it stores its key and identity (the recipe the key hashes) in its
   digested content, and a load checks them, the seed, the logits' shape (pool, classes) and a
@@ -67,6 +72,7 @@ from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
 from mcmia_helpers.shadow import predict_logits_many, train_models_batched
 from mcmia_helpers.training import TrainConfig, cache_dir, check_finite_model, config_key, get_device
+from mcmia_helpers.zoo import claims
 from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched, train_new_models
 from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw_pool,
                                           labelled_bundle, membership_matrix, model_seed)
@@ -440,13 +446,38 @@ def _model_from(setup: ZooSetup, blob: dict) -> nn.Module:
     return model.eval()
 
 
+class ZooModelsMissing(UserError):
+    """Models of a zoo that are not in the cache when training is not allowed
+    (``require_cached``); ``indices`` are the missing models, ``label`` names the zoo."""
+
+    def __init__(self, label: str, indices: Sequence[int], n_models: int) -> None:
+        self.label, self.indices, self.n_models = label, sorted(int(i) for i in indices), n_models
+        super().__init__(f"{describe_indices(self.indices)} of the {label} zoo of {n_models} "
+                         f"models are not in the model cache ({cache_dir()})")
+
+
+def describe_indices(indices: Sequence[int]) -> str:
+    """``model 3`` or ``models 0-3, 6`` (runs of consecutive indices joined)."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    text = ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+    return f"model{'s' if len(indices) != 1 else ''} {text}"
+
+
 def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | None = None,
               n_models: int | None = None, *, group_size: int = 16,
-              progress: bool = False, batched_pruning: bool = True) -> Zoo:
+              progress: bool = False, batched_pruning: bool = True,
+              require_cached: bool = False) -> Zoo:
     """The first ``n_models`` models of ``setup``'s zoo with ``defense``: cached ones loaded,
-    missing ones trained (dense, dense-long and pruned zoos together, ``group_size`` at a time,
-    unless ``batched_pruning`` is off; other defences one at a time) and each saved as soon as
-    it is done. See the module docstring."""
+    missing ones trained (dense, dense-long and pruned zoos together, in the aligned blocks of
+    ``group_size`` of :func:`model_blocks`, unless ``batched_pruning`` is off; other defences one
+    at a time) and each saved as soon as it is done; a model another process is training is
+    waited for (:mod:`~mcmia_helpers.zoo.claims`). With ``require_cached`` nothing trains: a
+    missing model raises :class:`ZooModelsMissing`. See the module docstring."""
     params = normalise_params(defense, dict(params or {}))
     n = setup.n_models if n_models is None else int(n_models)
     if not 1 <= n <= setup.n_models:
@@ -455,35 +486,141 @@ def train_zoo(setup: ZooSetup, defense: str = "none", params: dict[str, Any] | N
         check_defense_name(defense)
     started = time.perf_counter()
     keys = [model_key(setup, i, defense, params) for i in range(n)]
-    entries: list[dict | None] = [_load_entry(k) for k in keys]
-    missing = [i for i, e in enumerate(entries) if e is None]
-    seeds = setup.seeds(n)
-    if missing:
-        if defense in ("none", DENSE_LONG):
-            _train_grouped(setup, defense, missing, keys, entries, group_size, progress)
-        elif defense == "prune" and batched_pruning and params.get("pruning") != STRUCTURED:
-            _prune_grouped(setup, params, missing, keys, entries, group_size, progress)
-        else:
-            _train_one_by_one(setup, defense, params, missing, keys, entries, progress)
-    blobs = [e for e in entries if e is not None]
-    assert len(blobs) == n
+    entries, counts = _ensure(setup, defense, params, list(range(n)), group_size=group_size,
+                              progress=progress, batched_pruning=batched_pruning,
+                              require_cached=require_cached)
+    blobs = [entries[i] for i in range(n)]
     zoo = Zoo(defense=defense, params=params,
               logits=torch.stack([b["logits"] for b in blobs]),
               membership=setup.membership[:n].clone(), labels=setup.zoo_pool.labels,
               canary=setup.zoo_pool.canary, test_acc=[float(b["test_acc"]) for b in blobs],
-              seeds=seeds, keys=keys,
-              info={"cached": n - len(missing), "trained": len(missing),
+              seeds=setup.seeds(n), keys=keys,
+              info={"cached": counts["cached"], "trained": counts["trained"],
                     "seconds": round(time.perf_counter() - started, 3)},
               extras=[json.loads(b.get("extra") or "{}") for b in blobs])
     return zoo
 
 
+def train_zoo_models(setup: ZooSetup, defense: str, params: dict[str, Any] | None,
+                     indices: Sequence[int], *, group_size: int = 16, progress: bool = False,
+                     batched_pruning: bool = True) -> dict[str, Any]:
+    """Put models ``indices`` of ``setup``'s zoo with ``defense`` into the cache (trained where
+    missing, as :func:`train_zoo` trains them) and return how many were ``cached`` (found,
+    also after waiting for another process) and ``trained`` here, and the ``seconds``: one task
+    of a zoo fanned out over a cluster (``zoo --train-only --model-range A:B``)."""
+    params = normalise_params(defense, dict(params or {}))
+    if defense != DENSE_LONG:
+        check_defense_name(defense)
+    bad = [i for i in indices if not 0 <= int(i) < setup.n_models]
+    if bad:
+        raise UserError(f"model {bad[0]} is not in the zoo of {setup.n_models} models: use "
+                        f"indices from 0 to {setup.n_models - 1}")
+    started = time.perf_counter()
+    _, counts = _ensure(setup, defense, params, sorted({int(i) for i in indices}),
+                        group_size=group_size, progress=progress, batched_pruning=batched_pruning)
+    return {**counts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def missing_models(setup: ZooSetup, defense: str, params: dict[str, Any] | None,
+                   n_models: int | None = None) -> list[int]:
+    """Which of the first ``n_models`` models of the zoo have no cache entry (a quick look at
+    the files; a damaged entry counts as present until it is read)."""
+    params = normalise_params(defense, dict(params or {}))
+    n = setup.n_models if n_models is None else int(n_models)
+    return [i for i in range(n) if not _path(model_key(setup, i, defense, params)).exists()]
+
+
+def model_blocks(indices: Sequence[int], group_size: int) -> list[list[int]]:
+    """``indices`` split into the aligned blocks that train together: model ``i`` trains with
+    the other models ``j`` to train with ``j // group_size == i // group_size``. Blocks do not
+    depend on which other models are cached or trained elsewhere, so a task that trains an
+    aligned range (a multiple of ``group_size``, as ``zoo --print-commands`` gives by default)
+    runs the same grouped computations as one process that trains the whole zoo, and gets the
+    same models bit for bit. (A group of another composition gives the same models up to float
+    summation noise. Measured on the 2-core CPU, torch 2.14, LeNet-5 ci zoo: one step's
+    gradients are bit-identical for groups of 2 and of 4 to 16 against a group of 32, and 20
+    epochs in groups of 2, 5, 6, 7, 11 and 16 give bit-identical models; a group of 1 runs a
+    plain convolution and a group of 3 another first-layer weight-gradient kernel, and 20
+    epochs of Adam grow those rounding differences to 7e-7 to 3e-2 in the weights.)"""
+    size = max(1, int(group_size))
+    blocks: dict[int, list[int]] = {}
+    for i in sorted(indices):
+        blocks.setdefault(i // size, []).append(i)
+    return list(blocks.values())
+
+
+def _lock_path(key: str) -> Path:
+    return cache_dir() / "zoo" / f".{key}.lock"
+
+
+def _ensure(setup: ZooSetup, defense: str, params: dict[str, Any], indices: list[int], *,
+            group_size: int, progress: bool, batched_pruning: bool = True,
+            require_cached: bool = False) -> tuple[dict[int, dict], dict[str, int]]:
+    """The cache entries of models ``indices`` (normalised ``params``): loaded, or trained
+    under per-model claims (:mod:`~mcmia_helpers.zoo.claims`): claim what is missing without
+    waiting, look again under the claim, train what is still missing, release; then wait for
+    the models other processes hold and load them (claiming and training any that such a
+    process left unsaved). Returns the entries and the counts ``cached`` and ``trained``."""
+    keys = {i: model_key(setup, i, defense, params) for i in indices}
+    entries: dict[int, dict | None] = {i: _load_entry(keys[i]) for i in indices}
+    trained = 0
+    while True:
+        missing = [i for i in indices if entries[i] is None]
+        if not missing:
+            break
+        if require_cached:
+            raise ZooModelsMissing(_label(defense, params), missing, setup.n_models)
+        claimed: dict[int, int] = {}
+        try:
+            for i in missing:
+                fd = claims.try_claim(_lock_path(keys[i]))
+                if fd is not None:
+                    claimed[i] = fd
+            for i in claimed:  # saved by another process between the first look and the claim
+                entries[i] = _load_entry(keys[i])
+            todo = [i for i in claimed if entries[i] is None]
+            if todo:
+                _train_missing(setup, defense, params, todo, keys, entries, group_size, progress,
+                               batched_pruning)
+                trained += len(todo)
+        finally:
+            for fd in claimed.values():
+                claims.release(fd)
+        held = [i for i in missing if i not in claimed]
+        if held:
+            if progress:
+                notice(f"{describe_indices(held)} of the {_label(defense, params)} zoo are being "
+                       "trained by another process: waiting for them")
+            claims.wait_for(_lock_path(keys[held[0]]))
+            for i in held:
+                entries[i] = _load_entry(keys[i])
+    found = {i: e for i, e in entries.items() if e is not None}
+    assert len(found) == len(indices)
+    return found, {"cached": len(indices) - trained, "trained": trained}
+
+
+def _label(defense: str, params: dict[str, Any]) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None)
+    return f"{defense}({shown})" if shown else defense
+
+
+def _train_missing(setup: ZooSetup, defense: str, params: dict[str, Any], missing: list[int],
+                   keys: dict[int, str], entries: dict[int, dict | None], group_size: int,
+                   progress: bool, batched_pruning: bool) -> None:
+    if defense in ("none", DENSE_LONG):
+        _train_grouped(setup, defense, missing, keys, entries, group_size, progress)
+    elif defense == "prune" and batched_pruning and params.get("pruning") != STRUCTURED:
+        _prune_grouped(setup, params, missing, keys, entries, group_size, progress)
+    else:
+        _train_one_by_one(setup, defense, params, missing, keys, entries, progress, group_size)
+
+
 def dense_models(setup: ZooSetup, indices: Sequence[int], *, group_size: int = 16,
                  progress: bool = False) -> list[nn.Module]:
-    """Dense zoo models ``indices`` as modules (trained first where missing)."""
-    n = max(indices) + 1
-    zoo = train_zoo(setup, "none", {}, n, group_size=group_size, progress=progress)
-    return [_model_from(setup, _load_entry(zoo.keys[i])) for i in indices]
+    """Dense zoo models ``indices`` as modules (only those trained first where missing)."""
+    entries, _ = _ensure(setup, "none", {}, sorted({int(i) for i in indices}),
+                         group_size=group_size, progress=progress)
+    return [_model_from(setup, entries[int(i)]) for i in indices]
 
 
 def zoo_models(setup: ZooSetup, zoo: Zoo, indices: Sequence[int]) -> list[nn.Module]:
@@ -504,12 +641,11 @@ def zoo_models(setup: ZooSetup, zoo: Zoo, indices: Sequence[int]) -> list[nn.Mod
     return models
 
 
-def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list[str],
-                   entries: list[dict | None], group_size: int, progress: bool) -> None:
+def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: dict[int, str],
+                   entries: dict[int, dict | None], group_size: int, progress: bool) -> None:
     ctx = setup.ctx
     pool = setup.zoo_pool.pool
-    for start in range(0, len(missing), max(1, group_size)):
-        group = missing[start:start + max(1, group_size)]
+    for group in model_blocks(missing, group_size):
         index_sets = [pool[setup.membership[i]] for i in group]
         seeds = [model_seed(setup.spec.seed, i) for i in group]
         checkpoint = group_checkpoint([keys[i] for i in group])
@@ -534,8 +670,8 @@ def _train_grouped(setup: ZooSetup, defense: str, missing: list[int], keys: list
         _drop_checkpoints(checkpoint)
 
 
-def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], keys: list[str],
-                   entries: list[dict | None], group_size: int, progress: bool) -> None:
+def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], keys: dict[int, str],
+                   entries: dict[int, dict | None], group_size: int, progress: bool) -> None:
     """The ``prune`` zoo's missing models, pruned together from their dense parents on the grouped
     engine (:func:`~mcmia_helpers.zoo.grouped.prune_models_batched`) with the recipe of
     :func:`~mcmia_helpers.defences.pruning.train_pruned`; where the engine cannot, one at a time."""
@@ -550,12 +686,11 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
     elif method == "magnitude":
         sparsity = params["sparsity"]  # one global threshold per model
     else:  # admm-global (targets from each dense model's own threshold), iterative
-        _train_one_by_one(setup, "prune", params, missing, keys, entries, progress)
+        _train_one_by_one(setup, "prune", params, missing, keys, entries, progress, group_size)
         return
     epochs = max(1, ctx.train_config.epochs // 2)
     pool = setup.zoo_pool.pool
-    for start in range(0, len(missing), max(1, group_size)):
-        group = missing[start:start + max(1, group_size)]
+    for group in model_blocks(missing, group_size):
         models = dense_models(setup, group, group_size=group_size, progress=progress)
         seeds = [model_seed(setup.spec.seed, i) for i in group]
         checkpoint = group_checkpoint([keys[i] for i in group])
@@ -564,7 +699,7 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
                                      retrain_epochs=epochs, settings=ADMMSettings(),
                                      device=ctx.device, checkpoint=checkpoint)
         if infos is None:
-            _train_one_by_one(setup, "prune", params, group, keys, entries, progress)
+            _train_one_by_one(setup, "prune", params, group, keys, entries, progress, group_size)
             continue
         for i, model, seed, info in zip(group, models, seeds, infos):
             (entries[i],) = _save_entries(setup, [keys[i]], [model], [seed],
@@ -575,7 +710,10 @@ def _prune_grouped(setup: ZooSetup, params: dict[str, Any], missing: list[int], 
 
 
 def _train_one_by_one(setup: ZooSetup, defense: str, params: dict[str, Any], missing: list[int],
-                      keys: list[str], entries: list[dict | None], progress: bool) -> None:
+                      keys: dict[int, str], entries: dict[int, dict | None], progress: bool,
+                      group_size: int = 16) -> None:
+    if defense == "prune":  # the dense parents first, together in their blocks
+        dense_models(setup, missing, group_size=group_size, progress=progress)
     for i in missing:
         ctx = model_context(setup, i, defense, params)
         ctx = replace(ctx, progress=progress)
