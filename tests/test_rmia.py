@@ -197,3 +197,22 @@ def test_zoo_rmia_leaks_on_an_overfit_zoo_and_not_on_random_membership(attack: s
     fake = Zoo(**{**fake.__dict__, "membership": random_membership(membership, seed=1)})
     control = zoo_metrics(attack_zoo(attack, fake, fake), "all", n_bootstrap=0)["pooled"]
     assert abs(control["auc"] - 0.5) < 0.04
+
+
+def test_run_grid_and_zoo_accept_the_rmia_attacks() -> None:
+    from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, THREAT_MODELS, default_attacks,
+                                             validate_attack_names)
+    from mcmia_helpers.scales import get_scale
+    from mcmia_helpers.validation import load_grid_text
+    from mcmia_helpers.zoo.evaluate import zoo_attack_names
+
+    names = ("rmia_online", "rmia_offline", "rmia_online_aware", "rmia_offline_aware")
+    assert validate_attack_names(",".join(names)) == names
+    assert zoo_attack_names(",".join(names)) == names
+    assert all(THREAT_MODELS[n] for n in names)
+    assert {"rmia_online_aware", "rmia_offline_aware"} <= set(DEFENCE_AWARE_ATTACKS)
+    lenet = get_scale("ci").for_arch("lenet5")
+    assert {"rmia_online", "rmia_offline"} <= set(default_attacks(lenet))
+    grid = load_grid_text(b"scale: ci\nattacks: [rmia_online, rmia_offline_aware]\ncells:\n"
+                          b"  - {arch: lenet5, dataset: mnist, defenses: [{defense: none}]}\n", "g.yaml")
+    assert grid["attacks"] == ["rmia_online", "rmia_offline_aware"]
