@@ -151,3 +151,15 @@ def test_one_sided_offline_is_monotone_in_the_statistic_and_two_sided_is_not() -
            for t in (low, x, high)]
     assert one[0] < one[1] < one[2]
     assert two[0] > two[1] and two[2] > two[1]
+
+
+def test_offline_lira_centres_on_means_by_default_and_online_on_medians() -> None:
+    """The centres chosen by measurement (``benchmarks/lira_variants.py``): medians online, as
+    the reference; means offline, where they named more members at 1% FPR."""
+    stats, keep = _stats()
+    for online, default, other in ((True, "median", "mean"), (False, "mean", "median")):
+        base = lira_scores(stats[8], stats[:8], keep[:8], online, True)
+        np.testing.assert_array_equal(
+            base, lira_scores(stats[8], stats[:8], keep[:8], online, True, centre=default))
+        assert not np.allclose(base, lira_scores(stats[8], stats[:8], keep[:8], online, True,
+                                                 centre=other))

@@ -26,7 +26,8 @@ its threat model says so (only ``nasr_inference``, which knows half of the membe
 - ``correctness``: correct prediction = member (the "gap attack").
 - ``lira_online``: Carlini et al. (2022) likelihood-ratio attack with IN and OUT shadow models.
 - ``lira_offline``: LiRA with OUT models only (one-sided test). Both run as the authors' code
-  does (median centres, its global variance, mirrored queries when the recipe flips).
+  does (median centres online, means offline where they measured better, its global variance,
+  mirrored queries when the recipe flips).
 - ``rmia_online`` / ``rmia_offline``: Zarifzadeh, Liu and Shokri (2024): the target's likelihood
   ratio ``Pr(x|theta) / Pr(x)`` against that of population samples z (the shadow pool), with
   ``Pr(x)`` from LiRA's shadow models as reference models (offline: OUT models only, corrected

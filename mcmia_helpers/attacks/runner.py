@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from mcmia_helpers.attacks.classifiers import (label_features, top3_features,
                                                inference_scores, train_attack_classifier,
                                                train_inference_model)
-from mcmia_helpers.attacks.lira import PER_EXAMPLE_VARIANCE_FROM, lira_scores, lira_threshold
+from mcmia_helpers.attacks.lira import (DEFAULT_CENTRE, PER_EXAMPLE_VARIANCE_FROM, lira_scores,
+                                        lira_threshold)
 from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS, METRIC_ATTACKS,
                                          REFERENCE_ATTACKS, RMIA_ATTACKS, SHADOW_ATTACKS,
                                          THREAT_MODELS, default_attacks, validate_attack_names)
@@ -229,9 +230,11 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
                     s = lira_scores(target_stat, shadow_stats, lira_in, online, global_var)
                     out.scores[name] = s[to_eval]
                     out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
-                    out.settings[name] = {"centre": "median", "variance": "global" if global_var else "per-example",
+                    out.settings[name] = {"centre": DEFAULT_CENTRE[online],
+                                          "variance": "global" if global_var else "per-example",
                                           "offline_test": "one-sided", "query_views": n_views}
-                    out.notes[name] = (f"{len(models)} shadow models{how}, median centres, {variance} variance"
+                    out.notes[name] = (f"{len(models)} shadow models{how}, {DEFAULT_CENTRE[online]} centres, "
+                                       f"{variance} variance"
                                        + ("" if online else ", one-sided test")
                                        + f"; queries: {queries}; threshold "
                                        + ("leave-one-out on the shadow models"

@@ -19,8 +19,9 @@ whole pairs: every example is IN for exactly ``N / 2 - 1`` of them.
 The evaluation records the shadow models it used for each target (``ZooScores.shadows``).
 
 Attacks (:data:`ZOO_ATTACKS`): LiRA online and offline as its authors run it (per-example
-medians; below 64 shadow models the reference's global variance, per-example variances from 64
-on, as :func:`~mcmia_helpers.attacks.lira.lira_scores` does), RMIA online and offline
+medians online, means offline, chosen by measurement; below 64 shadow models the reference's
+global variance, per-example variances from 64 on, as
+:func:`~mcmia_helpers.attacks.lira.lira_scores` does), RMIA online and offline
 (:mod:`~mcmia_helpers.attacks.rmia`: the shadow models are its reference models, the population
 samples z are the *other* pool examples, as the paper does, each with its own IN/OUT models;
 offline, ``a`` is tuned on the shadow models, see :func:`~mcmia_helpers.attacks.rmia.tune_offline_a`)
@@ -52,7 +53,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from mcmia_helpers.attacks.lira import PER_EXAMPLE_VARIANCE_FROM, lira_scores, lira_threshold
+from mcmia_helpers.attacks.lira import (DEFAULT_CENTRE, PER_EXAMPLE_VARIANCE_FROM, lira_scores,
+                                        lira_threshold)
 from mcmia_helpers.attacks.names import LIRA_ATTACKS, METRIC_ATTACKS, RMIA_ATTACKS
 from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rmia_threshold,
                                         tune_offline_a)
@@ -182,7 +184,7 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
                         "OUT models for an example): use more models")
     note = (f"{len(others)} shadow models per target from the {shadow.label} zoo (models i and "
             "its complementary partner left out)"
-            + (f", median centres, {'global' if gv else 'per-example'} variance"
+            + (f", {DEFAULT_CENTRE[online]} centres, {'global' if gv else 'per-example'} variance"
                + ("" if online else ", one-sided test") if name in LIRA_ATTACKS else ""))
     if name in RMIA_ATTACKS:
         note += (f"; RMIA gamma = {RMIA_GAMMA:g}, population: the other {scores.shape[1] - 1} pool "
