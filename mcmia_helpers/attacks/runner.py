@@ -28,9 +28,9 @@ from mcmia_helpers.attacks.classifiers import (label_features, top3_features,
                                                train_inference_model)
 from mcmia_helpers.attacks.lira import (DEFAULT_CENTRE, PER_EXAMPLE_VARIANCE_FROM, lira_scores,
                                         lira_threshold)
-from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS, METRIC_ATTACKS,
-                                         REFERENCE_ATTACKS, RMIA_ATTACKS, SHADOW_ATTACKS,
-                                         THREAT_MODELS, default_attacks, validate_attack_names)
+from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, METRIC_ATTACKS, REFERENCE_ATTACKS,
+                                         SHADOW_ATTACKS, THREAT_MODELS, default_attacks,
+                                         validate_attack_names)
 from mcmia_helpers.attacks.queries import query_views, target_view_logits, view_logits
 from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rmia_threshold,
                                         tune_offline_a)

@@ -169,7 +169,7 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
             ref, ref_in = s_sig[others], m_shadow[others]
             a = None
             if not online:
-                a, how = tune_offline_a(ref, ref_in, ref, ref_in, gamma=RMIA_GAMMA, z_of_x=self_z)
+                a, _ = tune_offline_a(ref, ref_in, ref, ref_in, gamma=RMIA_GAMMA, z_of_x=self_z)
                 a_notes.append(f"{a:g}")
             options = {"online": online, "a": 0.0 if a is None else a, "gamma": RMIA_GAMMA,
                        "z_of_x": self_z}
