@@ -3,8 +3,10 @@
 Modules: :mod:`~mcmia_helpers.attacks.names` (what exists, threat models),
 :mod:`~mcmia_helpers.attacks.scores` (metric signals and thresholds),
 :mod:`~mcmia_helpers.attacks.classifiers` (shadow-model attack network, Nasr's inference model),
-:mod:`~mcmia_helpers.attacks.lira` (LiRA), :mod:`~mcmia_helpers.attacks.shadows` (the
-attacker's models) and :mod:`~mcmia_helpers.attacks.runner` (scores and metrics on one target).
+:mod:`~mcmia_helpers.attacks.lira` (LiRA), :mod:`~mcmia_helpers.attacks.rmia` (RMIA),
+:mod:`~mcmia_helpers.attacks.queries` (which views of an image are queried),
+:mod:`~mcmia_helpers.attacks.shadows` (the attacker's models) and
+:mod:`~mcmia_helpers.attacks.runner` (scores and metrics on one target).
 Their public names are available here, e.g. ``mh.attacks.run_attacks``.
 
 Every attack returns one *score* per queried example, higher = more likely a member, and is
@@ -23,10 +25,17 @@ its threat model says so (only ``nasr_inference``, which knows half of the membe
 - ``modified_entropy``: Song and Mittal (2021): entropy that accounts for the true label.
 - ``correctness``: correct prediction = member (the "gap attack").
 - ``lira_online``: Carlini et al. (2022) likelihood-ratio attack with IN and OUT shadow models.
-- ``lira_offline``: LiRA with OUT models only (one-sided test).
-- ``lira_online_aware`` / ``lira_offline_aware``: LiRA whose shadow models are trained with the
-  target's defence and its parameters (e.g. pruned to the same sparsity), the stronger attacker
-  of Yuan and Zhang (2022). Not in the defaults: each shadow model is a full defended training.
+- ``lira_offline``: LiRA with OUT models only (one-sided test). Both run as the authors' code
+  does (median centres online, means offline where they measured better, its global variance,
+  mirrored queries when the recipe flips).
+- ``rmia_online`` / ``rmia_offline``: Zarifzadeh, Liu and Shokri (2024): the target's likelihood
+  ratio ``Pr(x|theta) / Pr(x)`` against that of population samples z (the shadow pool), with
+  ``Pr(x)`` from LiRA's shadow models as reference models (offline: OUT models only, corrected
+  with ``a``); ``gamma`` and ``a`` are in each record's ``settings``.
+- ``lira_online_aware`` / ``lira_offline_aware`` / ``rmia_online_aware`` / ``rmia_offline_aware``:
+  LiRA and RMIA whose shadow models are trained with the target's defence and its parameters
+  (e.g. pruned to the same sparsity), the stronger attacker of Yuan and Zhang (2022). Not in the
+  defaults: each shadow model is a full defended training.
 
 Thresholds (for the attack *accuracy*; AUC and TPR at low FPR need none) are calibrated on
 the attacker's own shadow models, never on the target's membership labels. The entry point is
@@ -40,8 +49,12 @@ from mcmia_helpers.attacks.classifiers import (inference_scores, label_features,
                                                train_attack_classifier, train_inference_model)
 from mcmia_helpers.attacks.lira import lira_in_out_sets, lira_scores, lira_threshold
 from mcmia_helpers.attacks.names import (ATTACKS, DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS,
-                                         METRIC_ATTACKS, SHADOW_ATTACKS, THREAT_MODELS,
-                                         default_attacks, validate_attack_names)
+                                         METRIC_ATTACKS, REFERENCE_ATTACKS, RMIA_ATTACKS,
+                                         SHADOW_ATTACKS, THREAT_MODELS, default_attacks,
+                                         validate_attack_names)
+from mcmia_helpers.attacks.queries import query_views
+from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rmia_threshold,
+                                        tune_offline_a)
 from mcmia_helpers.attacks.runner import (AttackScores, NasrSets, compute_attack_scores,
                                           nasr_sets, run_attacks)
 from mcmia_helpers.attacks.scores import (METRIC_SCORES, calibrate_threshold, confidence_score,
@@ -55,12 +68,14 @@ from mcmia_helpers.models import InferenceModel
 
 __all__ = [
     "ATTACKS", "AttackScores", "DEFENCE_AWARE_ATTACKS", "InferenceModel", "LIRA_ATTACKS",
-    "METRIC_ATTACKS", "METRIC_SCORES", "NasrSets", "SHADOW_ATTACKS", "THREAT_MODELS",
+    "METRIC_ATTACKS", "METRIC_SCORES", "NasrSets", "REFERENCE_ATTACKS", "RMIA_ATTACKS",
+    "RMIA_GAMMA", "SHADOW_ATTACKS", "THREAT_MODELS",
     "attacker_builder", "attacker_cache_config", "attacker_seed", "calibrate_threshold",
     "compute_attack_scores", "confidence_score", "correctness_score", "default_attacks",
     "defence_aware_models", "entropy_score", "inference_scores", "label_features",
     "lira_candidates", "lira_in_out_sets", "lira_model_specs", "lira_scores", "lira_threshold",
     "log_probs", "logit_confidence", "loss_score", "modified_entropy_score", "nasr_sets",
-    "run_attacks", "shadow_model_specs", "top3_features", "train_attack_classifier",
+    "query_views", "rmia_scores", "rmia_signal", "rmia_threshold", "run_attacks",
+    "shadow_model_specs", "tune_offline_a", "top3_features", "train_attack_classifier",
     "train_inference_model", "true_class_value", "validate_attack_names",
 ]

@@ -16,9 +16,14 @@ if TYPE_CHECKING:
 SHADOW_ATTACKS = ("shadow_top3", "shadow_label")
 METRIC_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy", "correctness")
 LIRA_ATTACKS = ("lira_online", "lira_offline")
-DEFENCE_AWARE_ATTACKS = ("lira_online_aware", "lira_offline_aware")
+#: RMIA (Zarifzadeh et al. 2024) uses LiRA's shadow models as its reference models.
+RMIA_ATTACKS = ("rmia_online", "rmia_offline")
+#: The attacks that need reference (LiRA) models, plain or defence-aware.
+REFERENCE_ATTACKS = LIRA_ATTACKS + RMIA_ATTACKS
+DEFENCE_AWARE_ATTACKS = ("lira_online_aware", "lira_offline_aware", "rmia_online_aware",
+                         "rmia_offline_aware")
 ATTACKS: tuple[str, ...] = (SHADOW_ATTACKS + ("nasr_inference",) + METRIC_ATTACKS + LIRA_ATTACKS
-                            + DEFENCE_AWARE_ATTACKS)
+                            + RMIA_ATTACKS + DEFENCE_AWARE_ATTACKS)
 
 #: What each attacker knows besides black-box access to the target's softmax output.
 THREAT_MODELS: dict[str, str] = {
@@ -35,9 +40,15 @@ THREAT_MODELS: dict[str, str] = {
     "lira_online": "the candidate set (members and non-members, not which is which), the architecture "
                    "and training recipe; shadow models trained on random halves of the candidates",
     "lira_offline": "as lira_online, but uses only shadow models that did not train on the query",
+    "rmia_online": "as lira_online (its shadow models are RMIA's reference models), plus population "
+                   "samples z from the target's distribution that the attacker holds (the shadow pool; "
+                   "in a zoo the other pool examples) and their true labels",
+    "rmia_offline": "as rmia_online, but uses only reference models that did not train on the query",
     "lira_online_aware": "as lira_online, plus the target's defence and its parameters: every shadow "
                          "model is trained with that defence (e.g. pruned to the same sparsity)",
     "lira_offline_aware": "as lira_offline, with shadow models trained with the target's defence",
+    "rmia_online_aware": "as rmia_online, with reference models trained with the target's defence",
+    "rmia_offline_aware": "as rmia_offline, with reference models trained with the target's defence",
 }
 
 # --------------------------------------------------------------------------- names
@@ -61,15 +72,16 @@ def validate_attack_names(names: str | Iterable[str] | None) -> tuple[str, ...]:
 
 def default_attacks(scale: ArchScale) -> tuple[str, ...]:
     """Every attack the scale affords: shadow-model attacks need ``n_shadow_models >= 1``, LiRA
-    needs ``n_lira_models >= 2`` (one IN and one OUT model per example). The defence-aware LiRA
-    attacks are never defaults (they repeat the defended training ``n_lira_models`` times)."""
+    and RMIA need ``n_lira_models >= 2`` (one IN and one OUT model per example). The
+    defence-aware attacks are never defaults (they repeat the defended training
+    ``n_lira_models`` times)."""
     out = []
     for name in ATTACKS:
         if name in DEFENCE_AWARE_ATTACKS:
             continue
         if name in SHADOW_ATTACKS + METRIC_ATTACKS and scale.n_shadow_models < 1:
             continue
-        if name in LIRA_ATTACKS and scale.n_lira_models < 2:
+        if name in REFERENCE_ATTACKS and scale.n_lira_models < 2:
             continue
         out.append(name)
     return tuple(out)

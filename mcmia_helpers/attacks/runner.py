@@ -26,10 +26,14 @@ import torch.nn.functional as F
 from mcmia_helpers.attacks.classifiers import (label_features, top3_features,
                                                inference_scores, train_attack_classifier,
                                                train_inference_model)
-from mcmia_helpers.attacks.lira import lira_scores, lira_threshold
-from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, LIRA_ATTACKS, METRIC_ATTACKS,
+from mcmia_helpers.attacks.lira import (DEFAULT_CENTRE, PER_EXAMPLE_VARIANCE_FROM, lira_scores,
+                                        lira_threshold)
+from mcmia_helpers.attacks.names import (DEFENCE_AWARE_ATTACKS, METRIC_ATTACKS, REFERENCE_ATTACKS,
                                          SHADOW_ATTACKS, THREAT_MODELS, default_attacks,
                                          validate_attack_names)
+from mcmia_helpers.attacks.queries import query_views, target_view_logits, view_logits
+from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rmia_threshold,
+                                        tune_offline_a)
 from mcmia_helpers.attacks.scores import METRIC_SCORES, calibrate_threshold, logit_confidence
 from mcmia_helpers.attacks.shadows import (attacker_builder, attacker_cache_config, attacker_seed,
                                            calibration_note, calibration_of, defence_aware_models,
@@ -52,7 +56,7 @@ class AttackScores:
     example, NaN where the attack does not evaluate an example (``nasr_inference`` trains on
     half of the members and is evaluated on the other half against as many non-members).
     ``thresholds[name]`` is the calibrated threshold, or None (then the accuracy is the oracle's);
-    ``notes[name]`` says what it was calibrated or trained on.
+    ``notes[name]`` says what it was calibrated or trained on; ``settings[name]`` its parameters.
     """
 
     indices: np.ndarray
@@ -61,6 +65,9 @@ class AttackScores:
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     thresholds: dict[str, float | None] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    #: An attack's parameters where it has any (RMIA's ``gamma`` and ``a``, LiRA's estimates),
+    #: copied into its record as ``settings``.
+    settings: dict[str, dict] = field(default_factory=dict)
 
     def evaluated(self, name: str) -> np.ndarray:
         """Boolean mask of the examples ``name`` is evaluated on."""
@@ -79,6 +86,8 @@ class AttackScores:
             record["knowledge"] = THREAT_MODELS[name]
             if name in self.notes:
                 record["note"] = self.notes[name]
+            if name in self.settings:
+                record["settings"] = dict(self.settings[name])
             out[name] = record
         return out
 
@@ -122,9 +131,12 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
     if any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names) and scale.n_shadow_models < 1:
         raise UserError(f"the shadow-model attacks need n_shadow_models >= 1 at scale "
                         f"'{ctx.spec.scale}': drop them from --attacks")
-    if any(n in LIRA_ATTACKS + DEFENCE_AWARE_ATTACKS for n in names) and scale.n_lira_models < 2:
-        raise UserError(f"LiRA needs n_lira_models >= 2 at scale '{ctx.spec.scale}': drop "
-                        "the lira_* attacks from --attacks")
+    if any(n in REFERENCE_ATTACKS + DEFENCE_AWARE_ATTACKS for n in names) and scale.n_lira_models < 2:
+        raise UserError(f"LiRA and RMIA need n_lira_models >= 2 at scale '{ctx.spec.scale}': drop "
+                        "the lira_* and rmia_* attacks from --attacks")
+    if any(n.startswith("rmia") for n in names) and len(ctx.split.shadow_pool) == 0:
+        raise UserError("RMIA needs population samples (the shadow pool), and this split has none: "
+                        "drop the rmia_* attacks from --attacks")
     calibration = calibration_of(ctx.spec)  # a bad value fails before any training
     split, bundle, device = ctx.split, ctx.bundle, ctx.device
     model = model.to(device)
@@ -138,7 +150,7 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
     need_shadow = any(n in SHADOW_ATTACKS + METRIC_ATTACKS for n in names)
     need_aware = any(n in DEFENCE_AWARE_ATTACKS for n in names)
     # Against an undefended target the defence-aware shadow models are the plain LiRA ones.
-    need_lira = any(n in LIRA_ATTACKS for n in names) or (need_aware and ctx.spec.defense == "none")
+    need_lira = any(n in REFERENCE_ATTACKS for n in names) or (need_aware and ctx.spec.defense == "none")
     shadow_specs, shadow_in = shadow_model_specs(ctx) if need_shadow else ([], None)
     # Calibrated on the target's defence: the shadow models go through the defence trainer.
     defended_shadows = calibration == "target" and ctx.spec.defense != "none"
@@ -183,32 +195,87 @@ def compute_attack_scores(ctx: TargetContext, model: nn.Module,
 
     if need_lira or need_aware:
         candidates = lira_candidates(ctx)
+        cand_labels = bundle.labels[candidates]
         to_sorted = torch.argsort(eval_idx)  # candidates == eval_idx[to_sorted]
         to_eval = torch.argsort(to_sorted).numpy()
-        cand_labels = bundle.labels[candidates]
-        target_cand = logit_confidence(target_logits[to_sorted], cand_labels)
-        global_var = scale.n_lira_models < 64 if lira_global_variance is None else lira_global_variance
-        variance = "global" if global_var else "per-example"
+        views = query_views(ctx)  # the image, and its mirror image when the recipe flips
+        n_views = len(views)
+        target_cand = target_view_logits(model, ctx, candidates, views)  # (E, V, C)
+        need_rmia = any(n.startswith("rmia") for n in names)
+        population = split.shadow_pool
+        pop_labels = bundle.labels[population]
+        target_pop = target_view_logits(model, ctx, population, views) if need_rmia else None
+        global_var = (scale.n_lira_models < PER_EXAMPLE_VARIANCE_FROM if lira_global_variance is None
+                      else lira_global_variance)
+        variance = "global (the reference's: spread of all IN statistics)" if global_var else "per-example"
+        queries = ("image and mirror image averaged (the recipe trains with flips)" if n_views > 1
+                   else "one view")
+
+        def stat(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            """LiRA's statistic ``(..., E, V)`` from logits ``(..., E, V, C)``."""
+            return logit_confidence(logits.transpose(-2, -3), labels.expand(*logits.shape[:-3], n_views, -1)
+                                    ).transpose(-1, -2)
+
+        def signal(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return rmia_signal(logits.transpose(-2, -3), labels.expand(*logits.shape[:-3], n_views, -1)
+                               ).transpose(-1, -2)
 
         def add_lira(models: Sequence[nn.Module], pairs: tuple[tuple[str, bool], ...], how: str) -> None:
-            shadow_logits = _logits_of(models, ctx, candidates)  # (N, E, C)
-            shadow_stats = logit_confidence(shadow_logits, cand_labels.expand(len(models), -1))
+            if not any(name in names for name, _ in pairs):
+                return
+            shadow_stats = stat(view_logits(models, ctx, candidates, views), cand_labels)  # (N, E, V)
+            target_stat = stat(target_cand, cand_labels)
             for name, online in pairs:
                 if name in names:
-                    s = lira_scores(target_cand, shadow_stats, lira_in, online, global_var)
+                    s = lira_scores(target_stat, shadow_stats, lira_in, online, global_var)
                     out.scores[name] = s[to_eval]
                     out.thresholds[name] = lira_threshold(shadow_stats, lira_in, online, global_var)
-                    out.notes[name] = (f"{len(models)} shadow models{how}, {variance} variance; threshold "
+                    out.settings[name] = {"centre": DEFAULT_CENTRE[online],
+                                          "variance": "global" if global_var else "per-example",
+                                          "offline_test": "one-sided", "query_views": n_views}
+                    out.notes[name] = (f"{len(models)} shadow models{how}, {DEFAULT_CENTRE[online]} centres, "
+                                       f"{variance} variance"
+                                       + ("" if online else ", one-sided test")
+                                       + f"; queries: {queries}; threshold "
                                        + ("leave-one-out on the shadow models"
                                           if out.thresholds[name] is not None
                                           else "not calibrated (fewer than 4 shadow models): oracle"))
 
-        if any(n in LIRA_ATTACKS for n in names):
-            add_lira(lira_models, (("lira_online", True), ("lira_offline", False)), "")
+        def add_rmia(models: Sequence[nn.Module], pairs: tuple[tuple[str, bool], ...], how: str) -> None:
+            if not any(name in names for name, _ in pairs):
+                return
+            ref_x = signal(view_logits(models, ctx, candidates, views), cand_labels)  # (N, E, V)
+            ref_z = signal(view_logits(models, ctx, population, views), pop_labels)  # (N, Z, V)
+            tx, tz = signal(target_cand, cand_labels), signal(target_pop, pop_labels)
+            # The population is the shadow pool: no reference model trained on it (ref_z_in None).
+            a, a_how = tune_offline_a(ref_x, lira_in, ref_z, None, gamma=RMIA_GAMMA)
+            for name, online in pairs:
+                if name in names:
+                    options = {"online": online, "a": a, "gamma": RMIA_GAMMA}
+                    s = rmia_scores(tx, ref_x, lira_in, tz, ref_z, None, **options)
+                    out.scores[name] = s[to_eval]
+                    out.thresholds[name] = rmia_threshold(ref_x, lira_in, ref_z, None, **options)
+                    out.settings[name] = {"gamma": RMIA_GAMMA, "query_views": n_views,
+                                          "population": len(population),
+                                          **({} if online else {"a": a, "a_how": a_how})}
+                    out.notes[name] = (f"{len(models)} reference models{how}; population: "
+                                       f"{len(population)} shadow-pool examples; gamma = {RMIA_GAMMA:g}"
+                                       + ("" if online else f", {a_how}")
+                                       + f"; queries: {queries}; threshold "
+                                       + ("leave-one-out on the reference models"
+                                          if out.thresholds[name] is not None
+                                          else "not calibrated (fewer than 4 reference models): oracle"))
+
+        plain = (("lira_online", True), ("lira_offline", False))
+        plain_rmia = (("rmia_online", True), ("rmia_offline", False))
+        if any(n in REFERENCE_ATTACKS for n in names):
+            add_lira(lira_models, plain, "")
+            add_rmia(lira_models, plain_rmia, "")
         if need_aware:
             aware = lira_models if ctx.spec.defense == "none" else defence_aware_models(ctx, lira_specs)
-            add_lira(aware, (("lira_online_aware", True), ("lira_offline_aware", False)),
-                     f" trained with the target's defence ({defence_description(ctx)})")
+            how = f" trained with the target's defence ({defence_description(ctx)})"
+            add_lira(aware, (("lira_online_aware", True), ("lira_offline_aware", False)), how)
+            add_rmia(aware, (("rmia_online_aware", True), ("rmia_offline_aware", False)), how)
     out.scores = {n: out.scores[n] for n in names}  # in the order asked for
     return out
 

@@ -18,12 +18,18 @@ kept (every interval above 0.5) and 0.484 to 0.518 without it; on the true label
 whole pairs: every example is IN for exactly ``N / 2 - 1`` of them.
 The evaluation records the shadow models it used for each target (``ZooScores.shadows``).
 
-Attacks (:data:`ZOO_ATTACKS`): LiRA online and offline (per-example means; one global variance
-below 64 shadow models, per-example variances from 64 on, as
-:func:`~mcmia_helpers.attacks.lira.lira_scores` does) and the metric scores (loss, confidence,
-entropy, modified entropy, correctness). Each target's threshold for the attack accuracy is
-calibrated on its shadow models only (LiRA: leave-one-out among the shadows,
-:func:`~mcmia_helpers.attacks.lira.lira_threshold`; metric scores: the best balanced accuracy
+Attacks (:data:`ZOO_ATTACKS`): LiRA online and offline as its authors run it (per-example
+medians online, means offline, chosen by measurement; below 64 shadow models the reference's
+global variance, per-example variances from 64 on, as
+:func:`~mcmia_helpers.attacks.lira.lira_scores` does), RMIA online and offline
+(:mod:`~mcmia_helpers.attacks.rmia`: the shadow models are its reference models, the population
+samples z are the *other* pool examples, as the paper does, each with its own IN/OUT models;
+offline, ``a`` is tuned on the shadow models, see :func:`~mcmia_helpers.attacks.rmia.tune_offline_a`)
+and the metric scores (loss, confidence, entropy, modified entropy, correctness). A zoo queries
+one view of each image (its cached logits are of the image only). Each target's threshold for
+the attack accuracy is calibrated on its shadow models only (LiRA and RMIA: leave-one-out among
+the shadows, :func:`~mcmia_helpers.attacks.lira.lira_threshold`,
+:func:`~mcmia_helpers.attacks.rmia.rmia_threshold`; metric scores: the best balanced accuracy
 on the shadows' own members and non-members).
 
 Metrics (:func:`zoo_metrics`), for all examples, the ordinary ones and the canaries apart:
@@ -47,8 +53,11 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from mcmia_helpers.attacks.lira import lira_scores, lira_threshold
-from mcmia_helpers.attacks.names import LIRA_ATTACKS, METRIC_ATTACKS
+from mcmia_helpers.attacks.lira import (DEFAULT_CENTRE, PER_EXAMPLE_VARIANCE_FROM, lira_scores,
+                                        lira_threshold)
+from mcmia_helpers.attacks.names import LIRA_ATTACKS, METRIC_ATTACKS, RMIA_ATTACKS
+from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rmia_threshold,
+                                        tune_offline_a)
 from mcmia_helpers.attacks.scores import METRIC_SCORES, calibrate_threshold, logit_confidence
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.metrics import _curves, _trapezoid, mean_interval
@@ -56,7 +65,7 @@ from mcmia_helpers.zoo.membership import partner
 from mcmia_helpers.zoo.train import Zoo
 
 #: The attacks a zoo runs; each also exists as ``<name>_aware`` (shadows from the defended zoo).
-ZOO_ATTACKS: tuple[str, ...] = LIRA_ATTACKS + METRIC_ATTACKS
+ZOO_ATTACKS: tuple[str, ...] = LIRA_ATTACKS + RMIA_ATTACKS + METRIC_ATTACKS
 AWARE_SUFFIX = "_aware"
 #: The metrics of every target and of the pooled pairs.
 SUMMARY_KEYS = ("auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "tpr_at_0_01pct_fpr",
@@ -124,7 +133,7 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
                global_variance: bool | None = None) -> ZooScores:
     """Scores of ``attack`` (a name of :data:`ZOO_ATTACKS`) on every target of ``target``, with
     the other models of ``shadow`` as each target's shadow models (see the module docstring).
-    ``global_variance`` defaults to fewer than 64 shadow models per target."""
+    ``global_variance`` (LiRA) defaults to fewer than 64 shadow models per target."""
     name, _ = base_attack(attack)
     if name not in ZOO_ATTACKS:
         zoo_attack_names([attack])
@@ -135,11 +144,16 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
     scores = np.empty((n_targets, target.logits.shape[1]))
     thresholds = np.full(n_targets, np.nan)
     shadows: list[list[tuple[str, int]]] = []
-    gv = (n_shadow - 2) < 64 if global_variance is None else bool(global_variance)
+    gv = (n_shadow - 2) < PER_EXAMPLE_VARIANCE_FROM if global_variance is None else bool(global_variance)
+    online = name.endswith("_online")
+    a_notes: list[str] = []
     if name in LIRA_ATTACKS:
-        online = name == "lira_online"
         t_stats = logit_confidence(target.logits, labels.expand(n_targets, -1))
         s_stats = logit_confidence(shadow.logits, labels.expand(n_shadow, -1))
+    elif name in RMIA_ATTACKS:
+        t_sig = rmia_signal(target.logits, labels.expand(n_targets, -1))
+        s_sig = rmia_signal(shadow.logits, labels.expand(n_shadow, -1))
+        self_z = np.arange(target.logits.shape[1])  # each pool example is a z too: not compared with itself
     else:
         fn = METRIC_SCORES[name]
         t_values = np.stack([fn(target.logits[i], labels) for i in range(n_targets)])
@@ -151,6 +165,16 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
         if name in LIRA_ATTACKS:
             scores[i] = lira_scores(t_stats[i], s_stats[others], m_shadow[others], online, gv)
             t = lira_threshold(s_stats[others], m_shadow[others], online, gv)
+        elif name in RMIA_ATTACKS:
+            ref, ref_in = s_sig[others], m_shadow[others]
+            a = None
+            if not online:
+                a, _ = tune_offline_a(ref, ref_in, ref, ref_in, gamma=RMIA_GAMMA, z_of_x=self_z)
+                a_notes.append(f"{a:g}")
+            options = {"online": online, "a": 0.0 if a is None else a, "gamma": RMIA_GAMMA,
+                       "z_of_x": self_z}
+            scores[i] = rmia_scores(t_sig[i], ref, ref_in, t_sig[i], ref, ref_in, **options)
+            t = rmia_threshold(ref, ref_in, ref, ref_in, **options)
         else:
             scores[i] = t_values[i]
             t = calibrate_threshold(s_values[others].ravel(), m_shadow[others].numpy().ravel())
@@ -160,7 +184,14 @@ def attack_zoo(attack: str, target: Zoo, shadow: Zoo,
                         "OUT models for an example): use more models")
     note = (f"{len(others)} shadow models per target from the {shadow.label} zoo (models i and "
             "its complementary partner left out)"
-            + (f", {'global' if gv else 'per-example'} variance" if name in LIRA_ATTACKS else ""))
+            + (f", {DEFAULT_CENTRE[online]} centres, {'global' if gv else 'per-example'} variance"
+               + ("" if online else ", one-sided test") if name in LIRA_ATTACKS else ""))
+    if name in RMIA_ATTACKS:
+        note += (f"; RMIA gamma = {RMIA_GAMMA:g}, population: the other {scores.shape[1] - 1} pool "
+                 "examples" + ("" if online else
+                               f", offline a tuned on each target's shadow models (first shadow "
+                               f"model as the stand-in target, a in 0, 0.1, ..., 1 by AUC): "
+                               f"{', '.join(a_notes)} for targets 0..{n_targets - 1}"))
     return ZooScores(attack, target.label, shadow.label, scores, thresholds,
                      target.membership.numpy().astype(bool), target.canary.numpy().astype(bool),
                      shadows, note)
