@@ -358,7 +358,7 @@ def test_filter_pruning_removes_exactly_the_weakest_filters() -> None:
         norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
         for conv, norm in zip(convs, norms):
             weak = torch.ones(conv.out_channels, dtype=torch.bool)
-            weak[P._keep_filters(conv, 0.5)] = False
+            weak[P.structured._keep_filters(conv, 0.5)] = False
             for t in (conv.weight, conv.bias, norm.weight, norm.bias):
                 t[weak] = 0
     narrow = P.prune_filters_vgg(model, 0.5)
@@ -483,7 +483,7 @@ def test_global_threshold_targets_are_what_global_magnitude_pruning_does() -> No
     assert overall == pytest.approx(0.8, abs=1e-3)
     assert len(set(round(s, 3) for s in targets.values())) > 1  # not uniform: one threshold
     pruned = copy.deepcopy(model)
-    P._torch_prune(P.prunable_layers(pruned), {}, 0.8)  # torch's global unstructured pruning
+    P.magnitude._torch_prune(P.prunable_layers(pruned), {}, 0.8)  # torch's global unstructured pruning
     achieved = {n: float((m.weight == 0).float().mean()) for n, m in P.prunable_layers(pruned).items()}
     for name, target in targets.items():
         assert achieved[name] == pytest.approx(target, abs=2e-3), name

@@ -110,7 +110,7 @@ def test_filter_is_rejected_for_lenet5_in_one_line_before_training(monkeypatch, 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before the architecture was checked")
 
-    monkeypatch.setattr(P, "train_undefended", no_training)
+    monkeypatch.setattr(P.entry, "train_undefended", no_training)
     with pytest.raises(UserError, match="vgg16 only"):
         P.train_pruned(ctx)
 
@@ -154,7 +154,7 @@ def test_cache_round_trip_of_a_narrow_model(monkeypatch, tmp_path, capsys) -> No
     def no_training(*args, **kwargs):
         raise AssertionError("a cached model was trained again")
 
-    monkeypatch.setattr(P, "fit", no_training)
+    monkeypatch.setattr(P.entry, "fit", no_training)
     monkeypatch.setattr(registry, "fit", no_training)
     again, extra2 = P.train_pruned(ctx)
     assert extra2["cached"] is True and extra2["dense_cached"] is True
