@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.nn.utils import prune
 
 from mcmia_helpers.defences import pruning as P
 from mcmia_helpers.errors import UserError
@@ -423,7 +424,7 @@ def test_admm_update_rescales_u_with_rho() -> None:
     name = "features.0"
     cb = P.ADMMCallback(model, {name: 0.5}, rho_init=0.01, rho_growth=3.0, rho_max=1.0)
     gen = torch.Generator().manual_seed(0)
-    cb.U[name] = 0.01 * torch.randn(cb.U[name].shape, generator=gen)
+    cb.U[name].copy_(0.01 * torch.randn(cb.U[name].shape, generator=gen))
     w = model.features[0].weight.detach().clone()
     u_old, rho_old = cb.U[name].clone(), cb.rho
     cb.update(model)
@@ -483,7 +484,10 @@ def test_global_threshold_targets_are_what_global_magnitude_pruning_does() -> No
     assert overall == pytest.approx(0.8, abs=1e-3)
     assert len(set(round(s, 3) for s in targets.values())) > 1  # not uniform: one threshold
     pruned = copy.deepcopy(model)
-    P.magnitude._torch_prune(P.prunable_layers(pruned), {}, 0.8)  # torch's global unstructured pruning
+    layers = P.prunable_layers(pruned)  # torch's own global unstructured pruning, the reference
+    total = sum(m.weight.numel() for m in layers.values())
+    prune.global_unstructured([(m, "weight") for m in layers.values()],
+                              pruning_method=prune.L1Unstructured, amount=int(round(0.8 * total)))
     achieved = {n: float((m.weight == 0).float().mean()) for n, m in P.prunable_layers(pruned).items()}
     for name, target in targets.items():
         assert achieved[name] == pytest.approx(target, abs=2e-3), name

@@ -26,10 +26,11 @@ unchanged (Boyd et al. 2011, section 3.4.1); the framework's code omits this ste
 
 Baselines (:func:`prune_model` ``method=``):
 
-``magnitude``  one-shot magnitude pruning with ``torch.nn.utils.prune`` (a *global* threshold
-               over all prunable weights when ``sparsity`` is one number, the layer's own
-               threshold for a per-layer profile), fine-tuned, then made permanent with
-               ``prune.remove``;
+``magnitude``  one-shot magnitude pruning (:func:`~.magnitude.magnitude_masks`: a *global*
+               threshold over all prunable weights when ``sparsity`` is one number, the
+               masks ``torch.nn.utils.prune.global_unstructured`` gives; the layer's own
+               threshold for a per-layer profile), fine-tuned with the mask fixed
+               (:class:`MaskCallback`);
 ``iterative``  the same in several rounds (``iterative_rounds``, default 3), each pruning a
                fixed share of what remains (density ``(1 - s) ** (r / R)`` after round ``r``)
                and fine-tuning in between (Han et al. 2015).
@@ -52,6 +53,10 @@ result is an ordinary dense model with fewer channels. Its shapes differ from th
 model's, so its cache entry names them (``filter_channels`` in the entry's configuration) and
 :func:`vgg_with_channels` rebuilds that form before the weights are loaded.
 
+Each algorithm is written once, over weights with a leading model dimension (one model is a
+stack of one), and the zoo's grouped pruning (:mod:`mcmia_helpers.zoo.grouped`) calls the same
+code: the projection and magnitude masks in :mod:`.magnitude`, ADMM in :class:`~.admm.ADMMState`.
+
 Files: :mod:`.profiles` (sparsity targets), :mod:`.magnitude` (the projection and magnitude
 masks), :mod:`.masks` (fixed masks and callbacks), :mod:`.admm` (ADMM's state),
 :mod:`.methods` (:func:`prune_model`), :mod:`.structured` (filter pruning) and :mod:`.entry`
@@ -61,13 +66,13 @@ masks), :mod:`.masks` (fixed masks and callbacks), :mod:`.admm` (ADMM's state),
 from __future__ import annotations
 
 from mcmia_helpers.defences.compression import prunable_layers, sparsity_per_layer
-from mcmia_helpers.defences.pruning.admm import ADMMCallback, ADMMSettings
+from mcmia_helpers.defences.pruning.admm import ADMMCallback, ADMMSettings, ADMMState
 from mcmia_helpers.defences.pruning.entry import (PARAM_DEFAULTS, PRUNING_CHOICES, PRUNING_VERSION,
                                                   check_pruning_arch, train_pruned,
                                                   validate_pruning_params)
-from mcmia_helpers.defences.pruning.magnitude import n_pruned, project
+from mcmia_helpers.defences.pruning.magnitude import magnitude_masks, n_pruned, project, project_rows
 from mcmia_helpers.defences.pruning.masks import (CombinedCallback, MaskCallback, apply_masks,
-                                                  compose_callbacks, masks_from_model)
+                                                  compose_callbacks, mask_tensors, masks_from_model)
 from mcmia_helpers.defences.pruning.methods import METHODS, prune_model
 from mcmia_helpers.defences.pruning.profiles import (Sparsity, check_sparsity,
                                                      default_sparsity_profile,
@@ -85,4 +90,5 @@ __all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedC
            "prune_filters_vgg", "PARAM_DEFAULTS", "PRUNING_CHOICES", "global_threshold_targets",
            "STRUCTURED", "check_pruning_arch", "conv_channels", "filter_channels",
            "narrow_param_counts", "filter_budget", "vgg_with_channels", "structured_report",
-           "n_pruned", "prunable_layers", "PRUNING_VERSION", "Sparsity"]
+           "n_pruned", "prunable_layers", "PRUNING_VERSION", "Sparsity", "ADMMState",
+           "project_rows", "magnitude_masks", "mask_tensors"]

@@ -34,11 +34,18 @@ def masks_from_model(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def mask_tensors(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero, in place, the entries of every ``tensors[k]`` that ``masks[k]`` (``True`` = keep)
+    prunes: one model's weights, or ``M`` models stacked along a first dimension (the zoo's
+    :class:`~mcmia_helpers.zoo.grouped.StackedMasks` calls it on the stacked parameters)."""
+    for key, mask in masks.items():
+        tensor = tensors[key]
+        tensor.mul_(mask.to(device=tensor.device, dtype=tensor.dtype))
+
+
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     """Zero the weights that ``masks`` (``True`` = keep) prune, in place; return ``model``."""
-    for name, mask in masks.items():
-        weight = _weight_param(_layer(model, name))
-        weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+    mask_tensors({name: _weight_param(_layer(model, name)) for name in masks}, masks)
     return model
 
 

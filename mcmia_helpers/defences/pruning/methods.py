@@ -11,12 +11,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.defences.compression import prunable_layers, sparsity_per_layer
 from mcmia_helpers.defences.pruning.admm import ADMMCallback, ADMMSettings
-from mcmia_helpers.defences.pruning.magnitude import _torch_prune
+from mcmia_helpers.defences.pruning.magnitude import magnitude_masks
 from mcmia_helpers.defences.pruning.masks import MaskCallback, apply_masks, compose_callbacks
 from mcmia_helpers.defences.pruning.profiles import Sparsity, resolve_sparsity
 from mcmia_helpers.errors import UserError
@@ -132,22 +131,24 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
         rounds = 1 if method == "magnitude" else min(iterative_rounds, budget)
         per_round = [budget // rounds + (1 if r < budget % rounds else 0) for r in range(rounds)]
         final = global_target
+        masks: dict[str, torch.Tensor] = {}
         for r in range(1, rounds + 1):
             density = (1.0 - final) ** (r / rounds) if final is not None else None
             round_targets = {n: 1.0 - (1.0 - s) ** (r / rounds) for n, s in targets.items()}
-            _torch_prune(layers, round_targets if r < rounds else targets,
-                         None if final is None else (1.0 - density if r < rounds else final))
+            amount = ((round_targets if r < rounds else targets) if final is None
+                      else (1.0 - density if r < rounds else final))
+            # the pruned weights are zero, so each round keeps them pruned (see .magnitude)
+            stacked = magnitude_masks({n: m.weight.detach().unsqueeze(0) for n, m in layers.items()},
+                                      amount)
+            masks = {n: mask[0].cpu() for n, mask in stacked.items()}
+            apply_masks(model, masks)
             history.append({"epoch": 0, **evaluate(model, bundle, indices, device=device),
                             "phase": "hard_prune", "round": r})
             paths.append(_phase_path(checkpoint_path, f"finetune{r}"))
             rows = fit(model, bundle, indices, replace(config, epochs=per_round[r - 1]),
                        device=device, progress=progress, checkpoint_path=paths[-1],
-                       callback=compose_callbacks(callback_extra))
+                       callback=compose_callbacks(callback_extra, MaskCallback(masks)))
             history += _tag(rows, phase="finetune", round=r)
-        masks = {name: module.weight_mask.detach().bool().cpu() for name, module in layers.items()}
-        for module in layers.values():
-            prune.remove(module, "weight")
-        apply_masks(model, masks)
     for path in paths:
         if path is not None:
             path.unlink(missing_ok=True)

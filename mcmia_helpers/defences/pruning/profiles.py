@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Union
 
-import torch
 from torch import nn
 
 from mcmia_helpers.defences.compression import effective_weight, prunable_layers
-from mcmia_helpers.defences.pruning.magnitude import n_pruned
+from mcmia_helpers.defences.pruning.magnitude import magnitude_masks
 from mcmia_helpers.errors import UserError
 
 Sparsity = Union[float, Mapping[str, float], str, os.PathLike]
@@ -138,10 +137,6 @@ def global_threshold_targets(model: nn.Module, sparsity: float) -> dict[str, flo
     """
     sparsity = check_sparsity(sparsity)
     layers = prunable_layers(model)
-    weights = {name: effective_weight(m).detach().abs().flatten().cpu() for name, m in layers.items()}
-    everything = torch.cat(list(weights.values()))
-    k = n_pruned(everything.numel(), sparsity)
-    if k == 0:
-        return {name: 0.0 for name in weights}
-    threshold = everything.kthvalue(k).values
-    return {name: float((w <= threshold).sum()) / w.numel() for name, w in weights.items()}
+    weights = {name: effective_weight(m).detach().cpu().unsqueeze(0) for name, m in layers.items()}
+    masks = magnitude_masks(weights, sparsity)
+    return {name: float((~mask).sum()) / mask.numel() for name, mask in masks.items()}
