@@ -337,45 +337,7 @@ def test_admm_keeps_accuracy_at_moderate_sparsity(fashion) -> None:
     assert info["train_acc_before_retrain"] >= control_acc + 0.04, (info["train_acc_before_retrain"], control_acc)
 
 
-# --------------------------------------------------------------------------- structured
-
-
-def _vgg(**kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model("vgg16", in_channels=3, image_size=32, width=0.125, **kwargs)
-    model.train()(torch.randn(16, 3, 32, 32))  # non-trivial BatchNorm running statistics
-    return model.eval()
-
-
-def test_filter_pruning_removes_exactly_the_weakest_filters() -> None:
-    model = _vgg()
-    x = torch.randn(4, 3, 32, 32)
-    same = P.prune_filters_vgg(model, 0.0)
-    torch.testing.assert_close(same(x), model(x))  # ratio 0: the same function
-    # Kill the filters that pruning will remove (conv and BN outputs zero): the dense model then
-    # computes exactly what the narrow one does.
-    with torch.no_grad():
-        convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
-        norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
-        for conv, norm in zip(convs, norms):
-            weak = torch.ones(conv.out_channels, dtype=torch.bool)
-            weak[P.structured._keep_filters(conv, 0.5)] = False
-            for t in (conv.weight, conv.bias, norm.weight, norm.bias):
-                t[weak] = 0
-    narrow = P.prune_filters_vgg(model, 0.5)
-    assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)] == \
-        [c.out_channels - round(0.5 * c.out_channels) for c in convs]
-    torch.testing.assert_close(narrow(x), model(x), rtol=1e-4, atol=1e-5)
-    assert sum(p.numel() for p in narrow.parameters()) < 0.3 * sum(p.numel() for p in model.parameters())
-
-
-def test_filter_pruning_errors_and_dp_form() -> None:
-    with pytest.raises(UserError, match="small-image vgg16"):
-        P.prune_filters_vgg(_lenet(), 0.5)
-    with pytest.raises(UserError, match="outside"):
-        P.prune_filters_vgg(_vgg(), 1.0)
-    narrow = P.prune_filters_vgg(_vgg(dp_compatible=True), 0.5)  # GroupNorm regrouped
-    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+# structured (filter) pruning: tests/test_structured_pruning.py
 
 
 # --------------------------------------------------------------------------- ADMM's rho schedule

@@ -40,18 +40,19 @@ retrain_epochs`` (by default half the target's epochs each), so the comparison i
 method, not the number of epochs. Prunable weights are those of every ``Conv2d`` and
 ``Linear`` (not biases, not norm layers); see :func:`~mcmia_helpers.defences.compression.prunable_layers`.
 One overall sparsity is spread over the layers by :func:`default_sparsity_profile` (small
-layers pruned less); :func:`prune_filters_vgg` is the structured alternative that removes
-whole filters and so really runs faster on a CPU.
+layers pruned less); filter pruning (:mod:`.structured`) is the structured alternative that
+removes whole filters and so really runs faster on a CPU.
 
-Structured pruning as a defence (``pruning: filter``, the small-image VGG16 only): the dense
-target loses the same share of filters in every convolution (Li et al. 2017, smallest L1 norms
-first), at the ratio whose narrow model keeps as many prunable weights as unstructured pruning
-at the requested sparsity (:func:`filter_budget`), and the narrow model is fine-tuned for the
-same budget as the other methods (``admm_epochs + retrain_epochs``). Unstructured pruning buys
-a smaller file (zeros compress) but no CPU speed-up; filter pruning buys both, because the
-result is an ordinary dense model with fewer channels. Its shapes differ from the dense
-model's, so its cache entry names them (``filter_channels`` in the entry's configuration) and
-:func:`vgg_with_channels` rebuilds that form before the weights are loaded.
+Structured pruning as a defence (``pruning: filter``, LeNet-5, VGG16, MobileNetV2 and ResNet18,
+through Torch-Pruning's dependency graph): every coupled group of channels of the dense target
+loses the same share (smallest group L1 norms first), at the ratio whose narrow model keeps as
+many prunable weights as unstructured pruning at the requested sparsity
+(:func:`filter_budget`), and the narrow model is fine-tuned for the same budget as the other
+methods (``admm_epochs + retrain_epochs``). Unstructured pruning buys a smaller file (zeros
+compress) but no CPU speed-up; filter pruning buys both, because the result is an ordinary
+dense model with fewer channels. Its shapes differ from the dense model's, so its cache entry
+names them (``filter_channels`` in the entry's configuration) and :func:`with_channels`
+rebuilds that form before the weights are loaded.
 
 Each algorithm is written once, over weights with a leading model dimension (one model is a
 stack of one), and the zoo's grouped pruning (:mod:`mcmia_helpers.zoo.grouped`) calls the same
@@ -67,7 +68,7 @@ from __future__ import annotations
 
 from mcmia_helpers.defences.compression import prunable_layers, sparsity_per_layer
 from mcmia_helpers.defences.pruning.admm import ADMMCallback, ADMMSettings, ADMMState
-from mcmia_helpers.defences.pruning.entry import (PARAM_DEFAULTS, PRUNING_CHOICES, PRUNING_VERSION,
+from mcmia_helpers.defences.pruning.entry import (FILTER_ARCHS, PARAM_DEFAULTS, PRUNING_CHOICES, PRUNING_VERSION,
                                                   check_pruning_arch, train_pruned,
                                                   validate_pruning_params)
 from mcmia_helpers.defences.pruning.magnitude import magnitude_masks, n_pruned, project, project_rows
@@ -79,9 +80,12 @@ from mcmia_helpers.defences.pruning.profiles import (Sparsity, check_sparsity,
                                                      global_threshold_targets, load_sparsity_spec,
                                                      resolve_sparsity)
 from mcmia_helpers.defences.pruning.structured import (STRUCTURED, conv_channels, filter_budget,
-                                                       filter_channels, narrow_param_counts,
-                                                       prune_filters_vgg, structured_report,
-                                                       vgg_with_channels)
+                                                       filter_channels, prune_filters,
+                                                       structured_report, vgg_with_channels,
+                                                       with_channels)
+
+#: The name of :func:`prune_filters` from when filter pruning was VGG16-only (callers still use it).
+prune_filters_vgg = prune_filters
 
 __all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedCallback",
            "compose_callbacks", "apply_masks", "masks_from_model", "sparsity_per_layer",
@@ -89,6 +93,6 @@ __all__ = ["METHODS", "ADMMSettings", "ADMMCallback", "MaskCallback", "CombinedC
            "check_sparsity", "project", "prune_model", "train_pruned", "validate_pruning_params",
            "prune_filters_vgg", "PARAM_DEFAULTS", "PRUNING_CHOICES", "global_threshold_targets",
            "STRUCTURED", "check_pruning_arch", "conv_channels", "filter_channels",
-           "narrow_param_counts", "filter_budget", "vgg_with_channels", "structured_report",
+           "filter_budget", "vgg_with_channels", "prune_filters", "with_channels", "structured_report",
            "n_pruned", "prunable_layers", "PRUNING_VERSION", "Sparsity", "ADMMState",
-           "project_rows", "magnitude_masks", "mask_tensors"]
+           "project_rows", "magnitude_masks", "mask_tensors", "FILTER_ARCHS"]

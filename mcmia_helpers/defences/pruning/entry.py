@@ -17,9 +17,9 @@ from mcmia_helpers.defences.pruning.methods import _before_retrain, _tag, prune_
 from mcmia_helpers.defences.pruning.profiles import (Sparsity, check_sparsity, default_sparsity_profile,
                                                      global_threshold_targets, load_sparsity_spec,
                                                      resolve_sparsity)
-from mcmia_helpers.defences.pruning.structured import (STRUCTURED, _check_vgg, filter_budget,
-                                                       prune_filters_vgg, structured_report,
-                                                       vgg_with_channels)
+from mcmia_helpers.defences.pruning.structured import (STRUCTURED, STRUCTURED_METHOD, filter_budget,
+                                                       prune_filters, structured_report,
+                                                       with_channels)
 from mcmia_helpers.defences.registry import train_undefended
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.training import TrainingCallback, evaluate, fit, load_or_train
@@ -33,8 +33,9 @@ PRUNING_VERSION = 1
 #: The swapped allocations are controls that separate the algorithm from the allocation (the
 #: book's chapter 6): ``magnitude-profile`` prunes by magnitude to ADMM's per-layer targets,
 #: ``admm-global`` runs ADMM to the per-layer sparsities a global magnitude threshold gives the
-#: dense model. ``filter`` is structured pruning (:data:`STRUCTURED`, VGG16 only): whole filters
-#: removed, the same share in every convolution, at the ratio that keeps as many prunable
+#: dense model. ``filter`` is structured pruning (:data:`STRUCTURED`, any of the four
+#: architectures, through Torch-Pruning): whole filters and neurons removed, the same share in
+#: every coupled group of channels, at the ratio that keeps as many prunable
 #: weights as unstructured pruning at that sparsity (:func:`filter_budget`); the result is a
 #: narrower dense model, faster on a CPU, where the unstructured choices only zero weights.
 PRUNING_CHOICES: dict[str, tuple[str, str]] = {
@@ -46,8 +47,10 @@ PRUNING_CHOICES: dict[str, tuple[str, str]] = {
     "iterative-profile": ("iterative", "profile"),
     "filter": ("filter", "uniform"),
 }
-#: The structured choice, L1-norm filter pruning (Li et al. 2017) of the small-image VGG16.
 #: The ``params`` a ``prune`` experiment accepts, with their defaults.
+#: The architectures ``--pruning filter`` prunes (all four of the book).
+FILTER_ARCHS: tuple[str, ...] = ("lenet5", "vgg16", "mobilenetv2", "resnet18")
+
 PARAM_DEFAULTS: dict[str, Any] = {"pruning": "admm", "sparsity": 0.9, "sparsity_spec": None}
 
 
@@ -80,11 +83,12 @@ def check_pruning_arch(params: Mapping[str, Any], arch: str) -> None:
 
     The parameter validator does not see the architecture, so the callers that do check here
     before any training: :func:`train_pruned` (before the dense model) and the zoo's
-    ``ZooSpec.validate``. Filter pruning exists for the small-image VGG16 only.
+    ``ZooSpec.validate``. Filter pruning prunes the four architectures of the book (through
+    Torch-Pruning's dependency graph, :mod:`.structured`).
     """
-    if params.get("pruning") == STRUCTURED and arch != "vgg16":
-        raise UserError(f"--pruning filter removes whole filters of vgg16 only (got --arch {arch}): "
-                        "use --arch vgg16, or an unstructured --pruning such as magnitude")
+    if params.get("pruning") == STRUCTURED and arch not in FILTER_ARCHS:
+        raise UserError(f"--pruning filter prunes {', '.join(FILTER_ARCHS)} (got --arch {arch}): "
+                        "use one of them, or an unstructured --pruning such as magnitude")
 
 
 def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
@@ -102,8 +106,8 @@ def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
     model is cached under the full configuration. ``sparsity`` is the overall target on the
     prunable weights: ADMM spreads it with :func:`default_sparsity_profile`, the magnitude
     baselines with one global threshold; a ``sparsity_spec`` file fixes every layer instead.
-    ``pruning: filter`` (VGG16 only; any other architecture is a one-line error before any
-    training) is structured pruning instead (see the module docstring): whole filters removed
+    ``pruning: filter`` (LeNet-5, VGG16, MobileNetV2, ResNet18; any other architecture is a
+    one-line error before any training) is structured pruning instead (see the module docstring): whole filters removed
     at :func:`filter_budget`'s ratio, the narrow model fine-tuned for ``admm_epochs +
     retrain_epochs``; its record has the same fields, counted against the dense model
     (:func:`structured_report`), plus ``filter_ratio``, ``filter_channels``, ``params_dense``,
@@ -187,32 +191,34 @@ def _train_filter_pruned(ctx: TargetContext, params: Mapping[str, Any],
                          dense: Callable[[], tuple[nn.Module, dict[str, Any]]] | None,
                          callback_extra: Callable[[], TrainingCallback] | None,
                          cache_extra: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
-    """``pruning: filter`` of :func:`train_pruned`: structured pruning of the dense VGG16.
+    """``pruning: filter`` of :func:`train_pruned`: structured pruning of the dense target.
 
     The filter ratio is :func:`filter_budget`'s for ``params["sparsity"]`` (the narrow model
     keeps about as many prunable weights as unstructured pruning at that sparsity); the
-    narrow model (:func:`prune_filters_vgg` of the dense target) is fine-tuned on the members
+    narrow model (:func:`~.structured.prune_filters` of the dense target) is fine-tuned on the members
     for ``admm_epochs + retrain_epochs`` (``2 * max(1, epochs // 2)``), the budget every
     pruning method gets after the dense model, with ``callback_extra`` (the Min-Max game) if
-    given. The cache key names the kept width of every convolution (``filter_channels``, also
-    stored in the entry's configuration), from which :func:`vgg_with_channels` builds the
+    given. The cache key names the method (:data:`~.structured.STRUCTURED_METHOD`) and the kept
+    width of every conv and hidden linear layer (``filter_channels``, also stored in the entry's
+    configuration), from which :func:`~.structured.with_channels` builds the
     narrow form before the cached weights are loaded (digest-checked and strict, as every
     cached model). Record fields: those of :func:`structured_report` plus ``filter_ratio``,
     ``filter_channels`` and the fields every pruning record has.
     """
     probe = ctx.build()
-    _check_vgg(probe)  # e.g. the ImageNet form of vgg16: rejected before any training
-    budget = filter_budget(probe, params["sparsity"])
+    shape = (ctx.bundle.in_channels, ctx.bundle.image_size, ctx.bundle.image_size)
+    budget = filter_budget(probe, params["sparsity"], shape)
     ratio, channels = budget["filter_ratio"], budget["filter_channels"]
     dense_model, dense_info = _dense_start(ctx, dense)
     epochs = 2 * max(1, ctx.train_config.epochs // 2)
     normalised = replace(ctx, spec=replace(ctx.spec, params=dict(params)))
-    config = normalised.cache_config(pruning=STRUCTURED, filter_ratio=ratio,
+    config = normalised.cache_config(pruning=STRUCTURED, filter_method=STRUCTURED_METHOD,
+                                     filter_ratio=ratio,
                                      filter_channels=channels, retrain_epochs=epochs,
                                      pruning_version=PRUNING_VERSION, **(cache_extra or {}))
 
     def train(model: nn.Module, checkpoint: Path) -> list[dict]:
-        model.load_state_dict(prune_filters_vgg(dense_model, ratio).state_dict())
+        model.load_state_dict(prune_filters(dense_model, ratio, shape).state_dict())
         model.to(ctx.device)
         pruned = {"epoch": 0, **evaluate(model, ctx.bundle, ctx.split.members, device=ctx.device),
                   "phase": "hard_prune"}
@@ -221,16 +227,14 @@ def _train_filter_pruned(ctx: TargetContext, params: Mapping[str, Any],
                    callback=compose_callbacks(callback_extra() if callback_extra else None))
         return [pruned] + _tag(rows, phase="finetune")
 
-    model, cache_info = load_or_train(config, lambda: vgg_with_channels(probe, channels), train)
+    model, cache_info = load_or_train(config, lambda: with_channels(probe, channels, shape), train)
     model.to(ctx.device)
-    extra = structured_report(dense_model, model, (ctx.bundle.in_channels, ctx.bundle.image_size,
-                                                   ctx.bundle.image_size),
-                              file_sizes=not ctx.is_shadow)
+    extra = structured_report(dense_model, model, shape, file_sizes=not ctx.is_shadow)
     extra.update({
         "pruning": STRUCTURED, "pruning_algorithm": STRUCTURED, "sparsity_allocation": "uniform",
         "sparsity": params["sparsity"], "sparsity_spec": None,
         "sparsity_targets": {"global": params["sparsity"]},
-        "filter_ratio": ratio, "filter_channels": channels,
+        "filter_ratio": ratio, "filter_channels": channels, "filter_method": STRUCTURED_METHOD,
         "admm_epochs": 0, "retrain_epochs": epochs,
         "train_acc_before_retrain": _before_retrain(cache_info["history"]),
         "dense_cached": dense_info.get("cached"), "cached": cache_info["cached"],
