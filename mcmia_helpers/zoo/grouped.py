@@ -23,7 +23,9 @@ Every phase starts a fresh optimiser with the phase's epochs, and model ``m`` sh
 own seed from epoch 0, exactly as the one-model-at-a-time path (``prune_model`` through ``fit``)
 does, so both give the same models up to float rounding. The loop is the grouped engine's
 (:func:`mcmia_helpers.shadow.train_models_batched`) with three hooks (an extra loss, a step
-hook and an epoch hook) through which the pruning state acts on the stacked weights.
+hook and an epoch hook) through which the pruning state acts on the stacked weights; its
+optimiser step is :func:`~mcmia_helpers.training.optimiser_step`, the one ``fit`` takes (why the
+two loops around it stay two, measured, is in that function's docstring).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from mcmia_helpers.defences.pruning import (ADMMSettings, ADMMState, magnitude_m
                                             mask_tensors)
 from mcmia_helpers.io import atomic_torch_save, check_or_set_aside, load_verified
 from mcmia_helpers.shadow import GroupedNet, grouped_net_for, stack_states, unstack_into
-from mcmia_helpers.training import (TrainConfig, _autocast, epoch_seed, fit, make_optimizer,
-                                    make_scheduler)
+from mcmia_helpers.training import (TrainConfig, epoch_seed, fit, make_optimizer, make_scheduler,
+                                    optimiser_step)
 
 
 class GroupHooks:
@@ -113,17 +115,13 @@ def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dic
                 x, y = bundle.batch(chunk.reshape(-1))
                 x, y = x.view(n_models, -1, *x.shape[1:]), y.view(n_models, -1)
             x, y = x.to(device), y.to(device)
-            with _autocast(device, config.amp):
+            def forward() -> tuple[torch.Tensor, torch.Tensor]:
                 logits = net.forward(params, buffers, x, training=True)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                                       reduction="none").view(n_models, -1).mean(1).sum()
-                extra = hooks.extra_loss(params)
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            hooks.after_step(params)
+                return logits, F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                               reduction="none").view(n_models, -1).mean(1).sum()
+
+            optimiser_step(optimizer, device, config.amp, forward,
+                           lambda logits: hooks.extra_loss(params), lambda: hooks.after_step(params))
         if scheduler is not None:
             scheduler.step()
         hooks.epoch_end(epoch, params)
