@@ -45,8 +45,9 @@ def test_every_module_sits_in_exactly_one_layer() -> None:
 def test_subpackage_contracts_name_every_module() -> None:
     for contract in (c for c in _contracts() if "containers" in c):
         (container,) = contract["containers"]
-        folder = PACKAGE / container.split(".", 1)[1]
+        folder = PACKAGE.joinpath(*container.split(".")[1:])
         modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+        modules |= {p.parent.name for p in folder.glob("*/__init__.py")}  # subpackages
         named = {m for layer in contract["layers"] for m in _layer_members(layer)}
         assert named == modules, container
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.nn.utils import prune
 
 from mcmia_helpers.defences import pruning as P
 from mcmia_helpers.errors import UserError
@@ -336,45 +337,7 @@ def test_admm_keeps_accuracy_at_moderate_sparsity(fashion) -> None:
     assert info["train_acc_before_retrain"] >= control_acc + 0.04, (info["train_acc_before_retrain"], control_acc)
 
 
-# --------------------------------------------------------------------------- structured
-
-
-def _vgg(**kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = build_model("vgg16", in_channels=3, image_size=32, width=0.125, **kwargs)
-    model.train()(torch.randn(16, 3, 32, 32))  # non-trivial BatchNorm running statistics
-    return model.eval()
-
-
-def test_filter_pruning_removes_exactly_the_weakest_filters() -> None:
-    model = _vgg()
-    x = torch.randn(4, 3, 32, 32)
-    same = P.prune_filters_vgg(model, 0.0)
-    torch.testing.assert_close(same(x), model(x))  # ratio 0: the same function
-    # Kill the filters that pruning will remove (conv and BN outputs zero): the dense model then
-    # computes exactly what the narrow one does.
-    with torch.no_grad():
-        convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
-        norms = [m for m in model.features if isinstance(m, torch.nn.BatchNorm2d)]
-        for conv, norm in zip(convs, norms):
-            weak = torch.ones(conv.out_channels, dtype=torch.bool)
-            weak[P._keep_filters(conv, 0.5)] = False
-            for t in (conv.weight, conv.bias, norm.weight, norm.bias):
-                t[weak] = 0
-    narrow = P.prune_filters_vgg(model, 0.5)
-    assert [m.out_channels for m in narrow.features if isinstance(m, torch.nn.Conv2d)] == \
-        [c.out_channels - round(0.5 * c.out_channels) for c in convs]
-    torch.testing.assert_close(narrow(x), model(x), rtol=1e-4, atol=1e-5)
-    assert sum(p.numel() for p in narrow.parameters()) < 0.3 * sum(p.numel() for p in model.parameters())
-
-
-def test_filter_pruning_errors_and_dp_form() -> None:
-    with pytest.raises(UserError, match="small-image vgg16"):
-        P.prune_filters_vgg(_lenet(), 0.5)
-    with pytest.raises(UserError, match="outside"):
-        P.prune_filters_vgg(_vgg(), 1.0)
-    narrow = P.prune_filters_vgg(_vgg(dp_compatible=True), 0.5)  # GroupNorm regrouped
-    assert narrow(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+# structured (filter) pruning: tests/test_structured_pruning.py
 
 
 # --------------------------------------------------------------------------- ADMM's rho schedule
@@ -423,7 +386,7 @@ def test_admm_update_rescales_u_with_rho() -> None:
     name = "features.0"
     cb = P.ADMMCallback(model, {name: 0.5}, rho_init=0.01, rho_growth=3.0, rho_max=1.0)
     gen = torch.Generator().manual_seed(0)
-    cb.U[name] = 0.01 * torch.randn(cb.U[name].shape, generator=gen)
+    cb.U[name].copy_(0.01 * torch.randn(cb.U[name].shape, generator=gen))
     w = model.features[0].weight.detach().clone()
     u_old, rho_old = cb.U[name].clone(), cb.rho
     cb.update(model)
@@ -483,7 +446,10 @@ def test_global_threshold_targets_are_what_global_magnitude_pruning_does() -> No
     assert overall == pytest.approx(0.8, abs=1e-3)
     assert len(set(round(s, 3) for s in targets.values())) > 1  # not uniform: one threshold
     pruned = copy.deepcopy(model)
-    P._torch_prune(P.prunable_layers(pruned), {}, 0.8)  # torch's global unstructured pruning
+    layers = P.prunable_layers(pruned)  # torch's own global unstructured pruning, the reference
+    total = sum(m.weight.numel() for m in layers.values())
+    prune.global_unstructured([(m, "weight") for m in layers.values()],
+                              pruning_method=prune.L1Unstructured, amount=int(round(0.8 * total)))
     achieved = {n: float((m.weight == 0).float().mean()) for n, m in P.prunable_layers(pruned).items()}
     for name, target in targets.items():
         assert achieved[name] == pytest.approx(target, abs=2e-3), name

@@ -14,7 +14,7 @@ have:
 * **size on disk**: the state dict saved densely with ``torch.save`` vs saved in our sparse
   format (:func:`save_sparse`);
 * **CPU latency** (:func:`measure_latency`, :func:`compare_latency`), which only structured
-  pruning (:func:`~mcmia_helpers.defences.pruning.prune_filters_vgg`) can lower: unstructured zeros
+  pruning (:func:`~mcmia_helpers.defences.pruning.prune_filters`) can lower: unstructured zeros
   still cost a dense multiply.
 
 The sparse format (``FORMAT_VERSION`` 1) is one ``np.savez_compressed`` archive. For tensor

@@ -8,10 +8,13 @@ trains together too:
 * **ADMM pruning** (Zhang et al. 2018, as in :func:`~mcmia_helpers.defences.pruning.prune_model`):
   the W-step adds ``rho/2 * ||W_m - Z_m + U_m||^2`` for every model ``m`` to the summed loss
   (each model's slice of the gradient is its own penalty's); the Z-step projects each model's
-  ``W_m + U_m`` on its own sparsity constraint (a top-k per model, :func:`project_rows`); U and
-  ``rho`` follow as in :class:`~mcmia_helpers.defences.pruning.ADMMCallback`; then every model is
-  hard-pruned by its own projection and retrained with its mask fixed;
-* **magnitude pruning**: each model's own global (or per-layer) magnitude threshold, then
+  ``W_m + U_m`` on its own sparsity constraint (a top-k per model); U and ``rho`` follow. All of
+  it is :class:`~mcmia_helpers.defences.pruning.admm.ADMMState`, the same code the one-model
+  :class:`~mcmia_helpers.defences.pruning.ADMMCallback` runs (:class:`StackedADMM` only hooks it
+  into the grouped loop); then every model is hard-pruned by its own projection and retrained
+  with its mask fixed;
+* **magnitude pruning**: each model's own global (or per-layer) magnitude threshold
+  (:func:`~mcmia_helpers.defences.pruning.magnitude.magnitude_masks`, as the one-model path), then
   fine-tuning with the mask fixed (re-applied after every optimiser step, as
   :class:`~mcmia_helpers.defences.pruning.MaskCallback` does);
 * **continued training** (the zoo's ``dense-long``): the dense models trained on.
@@ -20,7 +23,9 @@ Every phase starts a fresh optimiser with the phase's epochs, and model ``m`` sh
 own seed from epoch 0, exactly as the one-model-at-a-time path (``prune_model`` through ``fit``)
 does, so both give the same models up to float rounding. The loop is the grouped engine's
 (:func:`mcmia_helpers.shadow.train_models_batched`) with three hooks (an extra loss, a step
-hook and an epoch hook) through which the pruning state acts on the stacked weights.
+hook and an epoch hook) through which the pruning state acts on the stacked weights; its
+optimiser step is :func:`~mcmia_helpers.training.optimiser_step`, the one ``fit`` takes (why the
+two loops around it stay two, measured, is in that function's docstring).
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ import torch.nn.functional as F
 
 from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.defences.compression import compression_report, prunable_layers
-from mcmia_helpers.defences.pruning import ADMMSettings, n_pruned
+from mcmia_helpers.defences.pruning import (ADMMSettings, ADMMState, magnitude_masks,
+                                            mask_tensors)
 from mcmia_helpers.io import atomic_torch_save, check_or_set_aside, load_verified
 from mcmia_helpers.shadow import GroupedNet, grouped_net_for, stack_states, unstack_into
-from mcmia_helpers.training import (TrainConfig, _autocast, epoch_seed, fit, make_optimizer,
-                                    make_scheduler)
+from mcmia_helpers.training import (TrainConfig, epoch_seed, fit, make_optimizer, make_scheduler,
+                                    optimiser_step)
 
 
 class GroupHooks:
@@ -109,17 +115,13 @@ def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dic
                 x, y = bundle.batch(chunk.reshape(-1))
                 x, y = x.view(n_models, -1, *x.shape[1:]), y.view(n_models, -1)
             x, y = x.to(device), y.to(device)
-            with _autocast(device, config.amp):
+            def forward() -> tuple[torch.Tensor, torch.Tensor]:
                 logits = net.forward(params, buffers, x, training=True)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
-                                       reduction="none").view(n_models, -1).mean(1).sum()
-                extra = hooks.extra_loss(params)
-                if extra is not None:
-                    loss = loss + extra
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            hooks.after_step(params)
+                return logits, F.cross_entropy(logits.float().flatten(0, 1), y.flatten(),
+                                               reduction="none").view(n_models, -1).mean(1).sum()
+
+            optimiser_step(optimizer, device, config.amp, forward,
+                           lambda logits: hooks.extra_loss(params), lambda: hooks.after_step(params))
         if scheduler is not None:
             scheduler.step()
         hooks.epoch_end(epoch, params)
@@ -132,91 +134,46 @@ def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dic
                 "hooks": hooks.state_dict(), "epoch": epoch})
 
 
-def project_rows(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Per model (first dimension), the mask of the largest-magnitude entries to keep: the
-    projection of :func:`~mcmia_helpers.defences.pruning.project`, for all models at once."""
-    flat = weight.detach().reshape(weight.shape[0], -1)
-    keep = flat.shape[1] - n_pruned(flat.shape[1], sparsity)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    mask.scatter_(1, torch.topk(flat.abs(), keep, dim=1, sorted=False).indices, True)
-    return mask.view_as(weight)
-
-
 class StackedADMM(GroupHooks):
-    """ADMM's ``Z``, ``U`` and ``rho`` for stacked models (see the module docstring)."""
+    """ADMM for stacked models: the grouped loop's hooks around the one
+    :class:`~mcmia_helpers.defences.pruning.admm.ADMMState` (``targets`` by layer name)."""
 
     def __init__(self, params: dict[str, torch.Tensor], targets: Mapping[str, float],
                  rho_init: float, rho_growth: float, rho_max: float) -> None:
-        self.targets = {f"{layer}.weight": float(s) for layer, s in targets.items() if s > 0}
-        self.rho, self.rho_growth, self.rho_max = float(rho_init), float(rho_growth), float(rho_max)
-        with torch.no_grad():
-            self.Z = {k: params[k].detach() * project_rows(params[k], s) for k, s in self.targets.items()}
-            self.U = {k: torch.zeros_like(params[k]) for k in self.targets}
+        self.state = ADMMState(params, {f"{layer}.weight": s for layer, s in targets.items()},
+                               rho_init, rho_growth, rho_max)
+
+    @property
+    def rho(self) -> float:
+        return self.state.rho
 
     def extra_loss(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        if not self.targets:
-            return None
-        total = sum((params[k].float() - self.Z[k] + self.U[k]).pow(2).sum() for k in self.targets)
-        return 0.5 * self.rho * total
+        return self.state.penalty(params)
 
-    @torch.no_grad()
     def epoch_end(self, epoch: int, params: dict[str, torch.Tensor]) -> None:
-        for k, s in self.targets.items():
-            candidate = params[k].detach().float() + self.U[k]
-            self.Z[k] = candidate * project_rows(candidate, s)
-            self.U[k] = candidate - self.Z[k]
-        new_rho = min(self.rho * self.rho_growth, self.rho_max)
-        for k in self.U:
-            self.U[k] *= self.rho / new_rho
-        self.rho = new_rho
+        self.state.update(params)
 
     def hard_masks(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: project_rows(params[k], s) for k, s in self.targets.items()}
+        return self.state.hard_masks(params)
 
     def state_dict(self) -> dict:
-        return {"Z": {k: v.cpu() for k, v in self.Z.items()},
-                "U": {k: v.cpu() for k, v in self.U.items()}, "rho": self.rho}
+        return self.state.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         if state:
-            device = next(iter(self.Z.values())).device if self.Z else None
-            self.Z = {k: v.to(device) for k, v in state["Z"].items()}
-            self.U = {k: v.to(device) for k, v in state["U"].items()}
-            self.rho = float(state["rho"])
+            self.state.load_state_dict(state)  # the tensors follow the weights at the next step
 
 
 class StackedMasks(GroupHooks):
-    """Keeps every model's pruned weights at zero after each optimiser step."""
+    """Keeps every model's pruned weights at zero after each optimiser step
+    (:func:`~mcmia_helpers.defences.pruning.masks.mask_tensors` on the stacked weights)."""
 
     def __init__(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks = masks
 
-    @torch.no_grad()
     def after_step(self, params: dict[str, torch.Tensor]) -> None:
-        for k, mask in self.masks.items():
-            params[k].mul_(mask.to(params[k].dtype))
-
-
-def magnitude_masks(params: dict[str, torch.Tensor], layers: Sequence[str],
-                    sparsity: float | Mapping[str, float]) -> dict[str, torch.Tensor]:
-    """Each model's magnitude masks: one global threshold over all ``layers`` when ``sparsity``
-    is a number (``round(s * total)`` smallest weights of each model go, as
-    ``torch.nn.utils.prune.global_unstructured``), else each layer's own."""
-    keys = [f"{layer}.weight" for layer in layers]
-    if isinstance(sparsity, Mapping):
-        return {f"{layer}.weight": project_rows(params[f"{layer}.weight"], float(sparsity[layer]))
-                for layer in layers}
-    flat = torch.cat([params[k].detach().reshape(params[k].shape[0], -1) for k in keys], dim=1)
-    drop = int(round(float(sparsity) * flat.shape[1]))
-    mask = torch.ones_like(flat, dtype=torch.bool)
-    if drop > 0:
-        mask.scatter_(1, torch.topk(flat.abs(), drop, dim=1, largest=False).indices, False)
-    out, start = {}, 0
-    for k in keys:
-        size = params[k][0].numel()
-        out[k] = mask[:, start:start + size].reshape(params[k].shape)
-        start += size
-    return out
+        with torch.no_grad():
+            mask_tensors(params, self.masks)
 
 
 def _stacked(models: Sequence[nn.Module], device: torch.device):
@@ -268,7 +225,10 @@ def prune_models_batched(models: list[nn.Module], bundle: DatasetBundle,
         info.update({"admm_epochs": admm_epochs, "retrain_epochs": retrain_epochs,
                      "admm": {**settings.to_dict(), "rho_growth_used": growth, "rho_final": admm.rho}})
     else:
-        masks = magnitude_masks(params, layers, sparsity)
+        keys = [f"{layer}.weight" for layer in layers]
+        per_key = ({f"{layer}.weight": float(s) for layer, s in sparsity.items()}
+                   if isinstance(sparsity, Mapping) else sparsity)
+        masks = magnitude_masks(params, per_key, keys)
         phase_epochs = admm_epochs + retrain_epochs
         info.update({"admm_epochs": 0, "retrain_epochs": phase_epochs})
     keeper = StackedMasks(masks)
