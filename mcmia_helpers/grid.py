@@ -62,7 +62,7 @@ from mcmia_helpers.io import append_jsonl, read_jsonl
 from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.scales import get_scale
 from mcmia_helpers.validation import (MAX_GRID_CELLS, check_seed, check_sparsity_spec_file,
-                                      load_grid_text)
+                                      load_grid_text, read_input_file)
 
 #: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -94,11 +94,7 @@ def load_grid(path: str | os.PathLike) -> dict[str, Any]:
     and its line.
     """
     path = config_path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read grid config {path} ({exc.strerror}): check the path") from None
-    return load_grid_text(data, str(path))
+    return load_grid_text(read_input_file(path, "grid config"), str(path))
 
 
 def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[str, Any],

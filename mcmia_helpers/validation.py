@@ -311,6 +311,8 @@ def parse_yaml(text: str, what: str) -> tuple[Any, Any]:
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise UserError(f"{what}: nested too deeply to read: write it flatter") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -323,10 +325,12 @@ def parse_yaml(text: str, what: str) -> tuple[Any, Any]:
     except ValueError as exc:
         raise UserError(f"{what}: {exc}: write the values out") from None
     if size > MAX_YAML_NODES:
-        raise UserError(f"{what}: its aliases expand to {size} YAML nodes, more than the limit of "
-                        f"{MAX_YAML_NODES}: write the values out instead of nesting aliases")
+        raise UserError(f"{what}: expands to {size} YAML nodes (aliases followed), more than the "
+                        f"limit of {MAX_YAML_NODES}: write a smaller file, without nested aliases")
     try:
         return yaml.safe_load(text), root
+    except RecursionError:
+        raise UserError(f"{what}: nested too deeply to read: write it flatter") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -417,7 +421,10 @@ def check_sparsity_spec_file(path: str | os.PathLike, arch: str | None = None,
     if not isinstance(data, dict) or not data:
         raise UserError(f"{what} is not a mapping of layer names to sparsities: write e.g. "
                         '{"features.0": 0.5, "default": 0.9}')
-    spec = {str(name): check_sparsity(value, str(name)) for name, value in data.items()}
+    try:
+        spec = {str(name): check_sparsity(value, str(name)) for name, value in data.items()}
+    except UserError as err:
+        raise UserError(f"{what}: {err}") from None
     if arch is not None:
         known: set[str] = set()
         layers: list[str] = []
