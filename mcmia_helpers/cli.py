@@ -33,8 +33,8 @@ from mcmia_helpers.choices import PRUNING_METHODS as PRUNING_CHOICES
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.scales import SCALES
 from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, MAX_ZOO_MODELS, SEED_LIMIT,
-                                      check_distinct_files, check_environment, check_seed,
-                                      check_sparsity_spec_file, probe_writable)
+                                      check_distinct_files, check_environment, check_imagenet_root,
+                                      check_seed, check_sparsity_spec_file, probe_writable)
 from mcmia_helpers.version import __version__
 
 EXIT_USER_ERROR = 2
@@ -255,6 +255,8 @@ def _run(args: argparse.Namespace) -> int:
     from mcmia_helpers.grid import cell_id
 
     params = _defence_params(args)
+    if args.imagenet_root is not None:
+        check_imagenet_root(args.imagenet_root)
     if args.sparsity_spec is not None:  # read and checked against the model's layers, now
         check_sparsity_spec_file(args.sparsity_spec, args.arch,
                                  _image_sizes(args.dataset, args.standin, args.imagenet_size))
@@ -306,6 +308,7 @@ def _grid(args: argparse.Namespace) -> int:
     records = read_jsonl(args.out)
     todo = grid_runner.todo_cells(selected, records)
     if args.dry_run:
+        grid_runner.check_data_roots(todo)
         grid_runner.report_stale(todo, records, args.out)
         print(f"{len(todo)} of {len(specs)} cells to run ({len(specs) - len(todo)} done or not selected)")
         return 0

@@ -61,8 +61,8 @@ from mcmia_helpers.experiments import run_experiment, spec_identity, validate_sp
 from mcmia_helpers.io import append_jsonl, read_jsonl
 from mcmia_helpers.defences.registry import canonical_params
 from mcmia_helpers.scales import get_scale
-from mcmia_helpers.validation import (MAX_GRID_CELLS, check_seed, check_sparsity_spec_file,
-                                      load_grid_text, read_input_file)
+from mcmia_helpers.validation import (MAX_GRID_CELLS, check_imagenet_root, check_seed,
+                                      check_sparsity_spec_file, load_grid_text, read_input_file)
 
 #: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -257,7 +257,8 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
 
     The grid's size is checked first (:func:`check_grid_size`), and every sparsity-spec file it
     names is read and checked (:func:`~mcmia_helpers.validation.check_sparsity_spec_file`)
-    before the cell that names it is validated."""
+    before any cell is validated. ImageNet roots are checked by :func:`check_data_roots` when
+    cells are about to run here (``--print-commands`` may name a root of another machine)."""
     check_grid_size(grid)
     scale = scale or grid.get("scale") or os.environ.get("MCMIA_SCALE", "ci")
     seeds = [check_seed(s, "grid seed") for s in grid.get("seeds", [0])]
@@ -280,6 +281,14 @@ def expand(grid: dict[str, Any], scale: str | None = None) -> Iterator[Experimen
                                           attacks=tuple(attacks) if attacks else None, **base)
                     validate_spec(spec)
                     yield spec
+
+
+def check_data_roots(specs: Iterable[ExperimentSpec]) -> None:
+    """Every ImageNet root the cells ``specs`` will read is an ImageFolder tree
+    (:func:`~mcmia_helpers.validation.check_imagenet_root`): checked before the first cell runs."""
+    roots = {s.imagenet_root for s in specs if s.imagenet_root and "imagenet" in (s.dataset, s.standin)}
+    for root in sorted(roots):
+        check_imagenet_root(root, where="imagenet_root")
 
 
 def done_cells(out: str | os.PathLike) -> set[str]:
@@ -389,6 +398,7 @@ def run_grid(grid: dict[str, Any], out: str | os.PathLike, *, only: str | None =
     specs = select(list(expand(grid, scale)), only)
     stored = read_jsonl(out)
     todo = todo_cells(specs, stored)
+    check_data_roots(todo)
     report_stale(todo, stored, out)
     records = []
     bar = tqdm(total=len(todo), desc=f"grid ({len(specs) - len(todo)} of {len(specs)} cells done)",

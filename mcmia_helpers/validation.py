@@ -440,6 +440,33 @@ def check_sparsity_spec_file(path: str | os.PathLike, arch: str | None = None,
     return spec
 
 
+# --------------------------------------------------------------------------- ImageNet roots
+
+
+def check_imagenet_root(root: str | os.PathLike, where: str = "--imagenet-root") -> None:
+    """A one-line UserError unless ``root`` looks like the ImageFolder tree the ImageNet loader
+    reads (``root/train`` and ``root/val``, or ``root`` itself, each with a folder per class):
+    checked up front, by listing folders only; the images are decoded when the data loads."""
+    from pathlib import Path
+
+    text = os.fspath(root)
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{where} {text} is not a folder: give a folder with train/ and val/ "
+                        "ImageFolder trees (one folder per class)")
+    splits = [path / s for s in ("train", "val") if (path / s).is_dir()] or [path]
+    for split in splits:
+        try:
+            with os.scandir(split) as entries:
+                has_class = any(entry.is_dir() for entry in entries)
+        except OSError as exc:
+            raise UserError(f"cannot read {where} {split} ({exc.strerror or exc}): check the path") from None
+        if not has_class:
+            raise UserError(f"{where} {split} has no class folders (no images found): expected "
+                            "ImageFolder trees "
+                            "(one folder per class) in train/ and val/")
+
+
 # --------------------------------------------------------------------------- outputs
 
 

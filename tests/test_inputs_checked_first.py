@@ -289,3 +289,20 @@ def test_tools_answer_bad_inputs_in_one_line(argv, env) -> None:
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_imagenet_roots_are_checked_at_dry_run(tmp_path, capsys, no_training) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["run", "--arch", "lenet5", "--dataset", "imagenet", "--imagenet-size", "8", "--dry-run"]
+    _fails_in_one_line([*base, "--imagenet-root", str(tmp_path / "missing")], capsys, "not a folder")
+    _fails_in_one_line([*base, "--imagenet-root", str(empty)], capsys, "no images")
+    (empty / "train" / "n0").mkdir(parents=True)
+    assert main([*base, "--imagenet-root", str(empty)]) == 0
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("cells:\n  - {arch: lenet5, dataset: imagenet, imagenet_size: 8, "
+                    f"imagenet_root: {json.dumps(str(tmp_path / 'missing'))}}}\n")
+    out = str(tmp_path / "r.jsonl")
+    _fails_in_one_line(["grid", "--config", str(grid), "--out", out, "--dry-run"], capsys, "imagenet_root")
+    # the commands for another machine may name its root
+    assert main(["grid", "--config", str(grid), "--out", out, "--print-commands"]) == 0
