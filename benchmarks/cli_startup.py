@@ -45,7 +45,8 @@ TYPOS = {
     "run --arch resnet99": ["run", "--arch", "resnet99", "--dataset", "mnist"],
     "run --dataset mnits": ["run", "--arch", "lenet5", "--dataset", "mnits"],
     "run --attacks loss,lira": ["run", "--arch", "lenet5", "--dataset", "mnist", "--attacks", "loss,lira"],
-    "zoo --pruning admmm": ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--pruning", "admmm"],
+    "zoo --pruning admmm": ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--defense", "prune",
+                            "--pruning", "admmm"],
 }
 
 

@@ -26,6 +26,8 @@ DEFENSE_PARAMS: dict[str, tuple[str, ...]] = {
     "prune+minmax": ("pruning", "sparsity", "sparsity_spec", "lam", "k_steps"),
     "dp": ("epsilon", "delta", "max_grad_norm"),
 }
+#: The zoo's extra defence (:data:`mcmia_helpers.zoo.train.DENSE_LONG`): undefended, trained longer.
+DENSE_LONG = "dense-long"
 #: Pruning methods (the keys of :data:`mcmia_helpers.defences.pruning.PRUNING_CHOICES`).
 PRUNING_METHODS: tuple[str, ...] = ("admm", "magnitude", "iterative", "admm-global",
                                     "magnitude-profile", "iterative-profile", "filter")

@@ -28,7 +28,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mcmia_helpers.choices import ARCHITECTURES, ATTACKS, CALIBRATIONS, DATASETS, DEFENSE_PARAMS
+from mcmia_helpers.choices import (ARCHITECTURES, ATTACKS, CALIBRATIONS, DATASETS, DEFENSE_PARAMS,
+                                   DENSE_LONG)
 from mcmia_helpers.choices import PRUNING_METHODS as PRUNING_CHOICES
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.scales import SCALES
@@ -94,11 +95,11 @@ def _output(what: str):
     run right after parsing, in :func:`_check_outputs`: they need :mod:`mcmia_helpers.io`, which
     imports torch, and a typo elsewhere on the line is answered first, without it."""
     def convert(text: str) -> Path:
-        path = _Output(text)
-        path.flag = what
         if not text or text.endswith(("/", os.sep)):  # Path() would drop the slash
             raise argparse.ArgumentTypeError(f"{what} {text!r} names a folder: give a file name "
                                              f"such as {text or './'}record.json")
+        path = _Output(os.path.expanduser(text))
+        path.flag = what
         return path
     convert.__name__ = "path"
     return convert
@@ -356,10 +357,27 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_names(args: argparse.Namespace) -> None:
+    """The names argparse takes as free text, checked before anything heavy is imported: the
+    zoo's ``--defense`` (a defence of ``run`` or ``dense-long``) and ``--pruning``."""
+    if args.command != "zoo":
+        return
+    defences = (*sorted(DEFENSE_PARAMS), DENSE_LONG)
+    if args.defense not in defences:
+        raise UserError(f"unknown defense '{args.defense}': choose one of {', '.join(defences)}")
+    if args.pruning is not None and args.pruning not in PRUNING_CHOICES:
+        raise UserError(f"pruning method '{args.pruning}' is unknown: choose {', '.join(PRUNING_CHOICES)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _check_names(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     _check_outputs(parser, args)
     try:
         check_environment(args.command)

@@ -48,6 +48,8 @@ def _probe(*args: str) -> dict:
     ["run", "--arch", "lenet5", "--dataset", "mnist", "--seed", "-1"],
     ["run", "--arch", "lenet5", "--dataset", "mnist", "--calibration", "shadow"],
     ["zoo", "--arch", "vgg61", "--dataset", "cifar10"],
+    ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--defense", "prun"],
+    ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--defense", "prune", "--pruning", "admmm"],
     ["grid", "--config", "ci"],
     ["runn"],
     ["--help"],
@@ -91,6 +93,7 @@ def test_the_light_name_lists_equal_their_sources() -> None:
     from mcmia_helpers.defences import DEFENSE_PARAMS, DEFENSES
     from mcmia_helpers.defences.pruning import PRUNING_CHOICES
     from mcmia_helpers.models import ARCHITECTURES
+    from mcmia_helpers.zoo.train import DENSE_LONG, zoo_defences
 
     assert choices.DATASETS == DATASETS
     assert choices.ARCHITECTURES == ARCHITECTURES
@@ -98,3 +101,4 @@ def test_the_light_name_lists_equal_their_sources() -> None:
     assert choices.PRUNING_METHODS == tuple(PRUNING_CHOICES)
     assert choices.CALIBRATIONS == CALIBRATIONS
     assert choices.ATTACKS == ATTACKS
+    assert choices.DENSE_LONG == DENSE_LONG and set(zoo_defences()) == {*choices.DEFENSE_PARAMS, DENSE_LONG}
