@@ -306,3 +306,15 @@ def test_imagenet_roots_are_checked_at_dry_run(tmp_path, capsys, no_training) ->
     _fails_in_one_line(["grid", "--config", str(grid), "--out", out, "--dry-run"], capsys, "imagenet_root")
     # the commands for another machine may name its root
     assert main(["grid", "--config", str(grid), "--out", out, "--print-commands"]) == 0
+
+
+def test_the_library_reader_of_sparsity_specs_refuses_binary_files(tmp_path) -> None:
+    """What a notebook calls (no command line in between): a one-line UserError, not a
+    ``UnicodeDecodeError``."""
+    from mcmia_helpers.defences.pruning import load_sparsity_spec
+    from mcmia_helpers.errors import UserError
+
+    path = tmp_path / "spec.json"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(UserError, match="not UTF-8"):
+        load_sparsity_spec(path)
