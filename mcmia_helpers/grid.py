@@ -201,22 +201,33 @@ def needed_attacks(spec: ExperimentSpec) -> tuple[str, ...]:
     return default_attacks(get_scale(spec.scale).for_arch(spec.arch))
 
 
+def _index(records: list[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str | None, str | None, set[str] | None]]:
+    """(record, cell id, base id, attacks computed) of each record, computed once."""
+    out = []
+    for record in records:
+        parts = _record_parts(record)
+        computed = record.get("attacks")
+        out.append((record, record_cell_id(record), parts[0] if parts else None,
+                    set(computed) if isinstance(computed, Mapping) else None))
+    return out
+
+
+def _find(spec: ExperimentSpec, index: list) -> Mapping[str, Any] | None:
+    wanted, base, needed = cell_id(spec), base_cell_id(spec), set(needed_attacks(spec))
+    fallback = None
+    for record, ident, record_base, computed in reversed(index):
+        if ident == wanted:
+            return record
+        if fallback is None and record_base == base and computed is not None and needed <= computed:
+            fallback = record
+    return fallback
+
+
 def find_record(spec: ExperimentSpec, records: list[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The record that serves cell ``spec``, the latest first: one with the cell's id, else one
     of the same experiment (:func:`base_cell_id`) holding results for every attack the cell asks
     for; ``None`` when there is none (the cell must be computed)."""
-    wanted, base, needed = cell_id(spec), base_cell_id(spec), set(needed_attacks(spec))
-    fallback = None
-    for record in reversed(records):
-        if record_cell_id(record) == wanted:
-            return record
-        if fallback is None:
-            parts = _record_parts(record)
-            computed = record.get("attacks")
-            if (parts is not None and parts[0] == base and isinstance(computed, Mapping)
-                    and needed <= set(computed)):
-                fallback = record
-    return fallback
+    return _find(spec, _index(records))
 
 
 def stale_records(spec: ExperimentSpec, records: list[Mapping[str, Any]]) -> list[str]:
@@ -301,7 +312,8 @@ def done_cells(out: str | os.PathLike) -> set[str]:
 
 def todo_cells(specs: list[ExperimentSpec], records: list[Mapping[str, Any]]) -> list[ExperimentSpec]:
     """The cells of ``specs`` that no record of ``records`` serves (:func:`find_record`)."""
-    return [s for s in specs if find_record(s, records) is None]
+    index = _index(records)
+    return [s for s in specs if _find(s, index) is None]
 
 
 def report_stale(specs: list[ExperimentSpec], records: list[Mapping[str, Any]], out: Any) -> int:
@@ -440,6 +452,6 @@ def load_or_run(config: str | os.PathLike, results: str | os.PathLike, *,
     (so a chapter runs from stored results or from scratch)."""
     grid = load_grid(config)
     run_grid(grid, results, progress=progress)
-    records = read_records(results)
-    served = [find_record(s, records) for s in expand(grid)]
+    index = _index(read_records(results))
+    served = [_find(s, index) for s in expand(grid)]
     return [dict(r) for r in served if r is not None]
