@@ -89,6 +89,7 @@ benchmark: data
 	$(PY) benchmarks/zoo_training.py
 	$(PY) benchmarks/timing_claims.py
 	$(PY) benchmarks/structured_latency.py
+	$(PY) benchmarks/cli_startup.py
 
 # The package's layers (import-linter) and the notebooks' code formatting (ruff, 88 columns).
 lint: setup

@@ -20,17 +20,34 @@ A stack of layers in the order of the chapters; each imports only from the layer
    LiRA, paired defences, canaries); ``experiments``: one experiment = one JSON record;
 8. ``plots``, then ``grid`` (YAML grids, chapter 5), ``exposure`` (chapter 6), ``explorer``
    (chapter 5), ``notebook`` (glue, scales in notebooks);
-9. ``cli``: ``python -m mcmia_helpers run|grid|zoo|data``.
+9. ``cli``: ``python -m mcmia_helpers run|grid|zoo|data`` (its names from ``choices``, which
+   imports nothing: the submodules are imported on first use).
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.version import __version__
-from mcmia_helpers import (attacks, context, data, defences, experiments, explorer,
-                           exposure, grid, io, metrics, models, notebook, plots, scales, shadow,
-                           training, zoo)
 
-__all__ = ["UserError", "__version__", "attacks", "context", "data", "defences", "experiments",
-           "explorer", "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
-           "shadow", "training", "zoo"]
+#: The subpackages and modules reachable as attributes (``mcmia_helpers.grid``), imported on
+#: first use (PEP 562): ``import mcmia_helpers`` alone, or the command line's argument parsing,
+#: imports no torch, so a typo is answered in a fraction of a second.
+_SUBMODULES = ("attacks", "choices", "context", "data", "defences", "experiments", "explorer",
+               "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
+               "shadow", "training", "zoo")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mcmia_helpers.{name}")
+    raise AttributeError(f"module 'mcmia_helpers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))
+
+
+__all__ = ["UserError", "__version__", *_SUBMODULES]

@@ -6,6 +6,14 @@ output that is a folder or a device, an unwritable ``--out``, ``MCMIA_CACHE`` or
 a grid file that does not match the schema, a dataset missing offline) ends with one line on
 stderr and exit status 2, never a traceback, and is caught before data is loaded or a model
 trained (:mod:`mcmia_helpers.validation`). ``--dry-run`` stops right after these checks.
+Every file a command names is read, parsed and checked (a sparsity spec's layer names against
+a skeleton of the model) and every output is probed writable and checked distinct from the
+other outputs and the inputs (``--out`` is not ``--save-scores``, nor the split file next to
+it) before the first model trains; sizes are bounded (:mod:`mcmia_helpers.validation`).
+
+Parsing imports no torch: the names come from :mod:`mcmia_helpers.choices`, and the modules that
+train are imported only once the arguments are known to be good, so a typo is answered in a
+fraction of a second (``benchmarks/cli_startup.py``). ``--version`` prints the package version.
 Defence parameters are made canonical (:func:`mcmia_helpers.defences.registry.canonical_params`), so every
 spelling of one experiment shares one cell id, one record and one cached model. Results are
 written atomically: an interrupted run leaves no half record.
@@ -20,15 +28,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mcmia_helpers.data import DATASETS
+from mcmia_helpers.choices import (ARCHITECTURES, ATTACKS, CALIBRATIONS, DATASETS, DEFENSE_PARAMS,
+                                   DENSE_LONG)
+from mcmia_helpers.choices import PRUNING_METHODS as PRUNING_CHOICES
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.io import check_output_path
-from mcmia_helpers.models import ARCHITECTURES
 from mcmia_helpers.scales import SCALES
-from mcmia_helpers.defences.pruning import PRUNING_CHOICES
-from mcmia_helpers.defences.registry import canonical_params, check_params
-from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, SEED_LIMIT, check_environment,
-                                      check_seed)
+from mcmia_helpers.validation import (IMAGENET_CLASSES, IMAGENET_SIZE, MAX_ZOO_MODELS, SEED_LIMIT,
+                                      check_distinct_files, check_environment, check_imagenet_root,
+                                      check_seed, check_sparsity_spec_file, probe_writable)
+from mcmia_helpers.version import __version__
 
 EXIT_USER_ERROR = 2
 
@@ -76,10 +84,23 @@ def _int_in(low: int, high: int):
     return convert
 
 
+class _Output(type(Path())):  # type: ignore[misc]
+    """An output path from the command line, checked once parsing is done (:func:`_check_outputs`)."""
+
+    flag = "output"
+
+
 def _output(what: str):
-    """An argparse ``type`` for an output file, checked up front (see ``check_output_path``)."""
+    """An argparse ``type`` for an output file. The checks (``check_output_path``, a write probe)
+    run right after parsing, in :func:`_check_outputs`: they need :mod:`mcmia_helpers.io`, which
+    imports torch, and a typo elsewhere on the line is answered first, without it."""
     def convert(text: str) -> Path:
-        return _argtype(check_output_path, what)(text)
+        if not text or text.endswith(("/", os.sep)):  # Path() would drop the slash
+            raise argparse.ArgumentTypeError(f"{what} {text!r} names a folder: give a file name "
+                                             f"such as {text or './'}record.json")
+        path = _Output(os.path.expanduser(text))
+        path.flag = what
+        return path
     convert.__name__ = "path"
     return convert
 
@@ -97,11 +118,39 @@ def _model_range(text: str) -> tuple[int, int]:
     return start, stop
 
 
+def _attack_list(text: str) -> tuple[str, ...]:
+    """``--attacks`` of ``run``: comma-separated names of :data:`~mcmia_helpers.choices.ATTACKS`."""
+    names = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown attack(s) {', '.join(map(repr, unknown))}: choose from "
+                                         f"{', '.join(ATTACKS)}" if unknown else
+                                         f"no attack named: choose from {', '.join(ATTACKS)}")
+    return names
+
+
+def _check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The output paths of ``args``, checked as argparse would (one line, exit 2): a regular
+    file may be written there (:func:`~mcmia_helpers.io.check_output_path`) and a file can
+    really be created next to it (:func:`~mcmia_helpers.validation.probe_writable`)."""
+    from mcmia_helpers.io import check_output_path
+
+    for value in vars(args).values():
+        if isinstance(value, _Output):
+            try:
+                check_output_path(value, value.flag)
+                probe_writable(value, value.flag)
+            except UserError as err:  # as argparse says it, from the subcommand's name
+                parser.exit(EXIT_USER_ERROR, f"{parser.prog} {args.command}: error: argument "
+                                             f"{value.flag}: {err} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from mcmia_helpers.defences import DEFENSES
+    """The parser of every subcommand (it imports no torch: see :mod:`mcmia_helpers.choices`)."""
 
     parser = _OneLineParser(prog="python -m mcmia_helpers",
                             description="Membership inference vs model compression: experiments of the MCMIA book.")
+    parser.add_argument("--version", action="version", version=f"mcmia_helpers {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
 
     run = sub.add_parser("run", help="train (or load) one target model, attack it, write a JSON record")
@@ -109,14 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, choices=DATASETS)
     run.add_argument("--standin", choices=DATASETS, default=None,
                      help="dataset to use instead when --dataset is not available offline (named in the record)")
-    run.add_argument("--defense", default="none", choices=sorted(DEFENSES))
+    run.add_argument("--defense", default="none", choices=sorted(DEFENSE_PARAMS))
     run.add_argument("--scale", default=os.environ.get("MCMIA_SCALE", "ci"), choices=SCALES)
     run.add_argument("--seed", type=_seed, default=0, help=f"random seed, an integer in [0, {SEED_LIMIT})")
     run.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                      help="random crop + flip while training (default: the scale's recipe; "
                           "never for lenet5)")
-    from mcmia_helpers.attacks.shadows import CALIBRATIONS
-
     run.add_argument("--calibration", choices=CALIBRATIONS, default=None,
                      help="shadow models that calibrate the attacks' thresholds: trained with the "
                           "target's defence (target, the default) or without it (undefended)")
@@ -135,9 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     defence.add_argument("--epsilon", type=_number, default=None, help="DP-SGD target epsilon for dp (default 4)")
     defence.add_argument("--delta", type=_number, default=None, help="DP-SGD delta (default: a power of ten below 1/n)")
     defence.add_argument("--max-grad-norm", type=_number, default=None, help="DP-SGD per-example clipping norm (default 1)")
-    from mcmia_helpers.attacks import ATTACKS
-
-    run.add_argument("--attacks", default=None,
+    run.add_argument("--attacks", type=_attack_list, default=None,
                      help=f"comma-separated attacks (default: all the scale affords): {', '.join(ATTACKS)}")
     run.add_argument("--save-scores", type=_output("--save-scores"), default=None,
                      help="write per-example attack scores, membership labels and indices to this .npz")
@@ -161,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print one `run` command per missing cell (for a SLURM array or Ray) instead of running")
     grid.add_argument("--no-progress", action="store_true", help="no progress bar")
     grid.add_argument("--dry-run", action="store_true",
-                      help="check the grid file and print how many cells would run, then stop")
+                      help="check the grid file (and every file it names) and print how many cells "
+                           "would run and which records are stale, then stop")
 
     zoo = sub.add_parser("zoo", help="train (or load) a model zoo, attack every model leave-one-out, write a JSON record")
     zoo.add_argument("--arch", required=True, choices=ARCHITECTURES)
@@ -182,12 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("--delta", _number), ("--max-grad-norm", _number)):
         zoo.add_argument(flag, type=kind, default=None, help="as for `run`")
     zoo.add_argument("--attacks", default="lira_online,lira_offline,loss",
-                     help="comma-separated: lira_online, lira_offline and the metric attacks; "
-                          "<name>_aware takes its shadow models from the defended zoo")
+                     help="comma-separated: lira_online, lira_offline, rmia_online, rmia_offline "
+                          "and the metric attacks; <name>_aware takes its shadow models from the "
+                          "defended zoo")
     zoo.add_argument("--out", type=_output("--out"), default=None, help="where the JSON record goes (default: stdout)")
     zoo.add_argument("--save-scores", type=_output("--save-scores"), default=None,
                      help="write pool indices, membership matrix and an N x P score matrix per attack (.npz)")
     zoo.add_argument("--progress", action="store_true", help="show progress bars")
+    zoo.add_argument("--dry-run", action="store_true",
+                     help="check every input and output, print the zoo's sizes, and stop before training")
     cluster = zoo.add_argument_group("a zoo over a cluster (train the models anywhere, attack once)")
     cluster.add_argument("--train-only", action="store_true",
                          help="train (or find cached) the models of --model-range into the cache "
@@ -216,37 +265,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _defence_params(args: argparse.Namespace) -> dict:
+    from mcmia_helpers.defences.registry import check_params
+
+    names = {name for names in DEFENSE_PARAMS.values() for name in names}
+    params = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    check_params(params)  # finite and in bounds, naming the flag
+    return params
+
+
+def _image_sizes(dataset: str, standin: str | None, imagenet_size: int) -> tuple[int, ...]:
+    """The input sizes that decide the model's form (small-image, or ImageNet above 64 px) for
+    checking a sparsity spec's layer names: a layer of either form the run may use is accepted."""
+    return (32, imagenet_size) if "imagenet" in (dataset, standin) else (32,)
+
+
 def _run(args: argparse.Namespace) -> int:
     from mcmia_helpers.context import ExperimentSpec
-    from mcmia_helpers.experiments import run_experiment, validate_spec
-    from mcmia_helpers.io import atomic_write_json
+    from mcmia_helpers.defences.registry import canonical_params
+    from mcmia_helpers.experiments import validate_spec
+    from mcmia_helpers.grid import cell_id
 
-    from mcmia_helpers.defences import DEFENSE_PARAMS
-
-    all_params = {name for names in DEFENSE_PARAMS.values() for name in names}
-    params = {k: v for k, v in vars(args).items() if k in all_params and v is not None}
-    check_params(params)  # finite and in bounds, naming the flag
-
+    params = _defence_params(args)
+    if args.imagenet_root is not None:
+        check_imagenet_root(args.imagenet_root)
+    if args.sparsity_spec is not None:  # read and checked against the model's layers, now
+        check_sparsity_spec_file(args.sparsity_spec, args.arch,
+                                 _image_sizes(args.dataset, args.standin, args.imagenet_size))
     params = canonical_params(args.defense, params)  # one spelling: --epsilon 4 = no --epsilon
-    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip()) if args.attacks else None
     spec = ExperimentSpec(arch=args.arch, dataset=args.dataset, defense=args.defense,
                           scale=args.scale, seed=args.seed, standin=args.standin, params=params,
                           imagenet_root=args.imagenet_root, imagenet_size=args.imagenet_size,
-                          imagenet_classes=args.imagenet_classes, attacks=attacks,
+                          imagenet_classes=args.imagenet_classes, attacks=args.attacks,
                           augment=args.augment, calibration=args.calibration)
     validate_spec(spec)
     split_path = args.out.with_suffix(".split.json") if args.out else None
     if split_path is not None:
+        from mcmia_helpers.io import check_output_path
+
         check_output_path(split_path, "the split file")
-    from mcmia_helpers.grid import cell_id
+        probe_writable(split_path, "the split file")
+    check_distinct_files({"--out": args.out, "the split file": split_path, "--save-scores": args.save_scores},
+                         {"--sparsity-spec": args.sparsity_spec})
 
     if args.dry_run:
         print(cell_id(spec))
         return 0
 
+    from mcmia_helpers.experiments import run_experiment
+    from mcmia_helpers.io import atomic_write_json
+
     record = run_experiment(spec, progress=args.progress, split_path=split_path,
                             save_scores=args.save_scores)
     record["cell_id"] = cell_id(spec)  # the same id as in a grid, so grid results can include it
+    record["attacks_requested"] = list(spec.attacks) if spec.attacks else None
     if args.out:
         if split_path is not None:
             record["split_file"] = split_path.name
@@ -259,39 +331,56 @@ def _run(args: argparse.Namespace) -> int:
 
 def _grid(args: argparse.Namespace) -> int:
     from mcmia_helpers import grid as grid_runner
+    from mcmia_helpers.io import read_jsonl
 
     grid = grid_runner.load_grid(args.config)
-    specs = list(grid_runner.expand(grid, args.scale))
-    selected = {id(s) for s in grid_runner.select(specs, args.only)}
-    done = grid_runner.done_cells(args.out)
+    check_distinct_files({"--out": args.out}, {"--config": grid_runner.config_path(args.config)})
+    specs = list(grid_runner.expand(grid, args.scale))  # checks the size and the files it names
+    selected = grid_runner.select(specs, args.only)
+    records = read_jsonl(args.out)
+    todo = grid_runner.todo_cells(selected, records)
     if args.dry_run:
-        todo = [s for s in specs if id(s) in selected and grid_runner.cell_id(s) not in done]
+        grid_runner.check_data_roots(todo)
+        grid_runner.report_stale(todo, records, args.out)
         print(f"{len(todo)} of {len(specs)} cells to run ({len(specs) - len(todo)} done or not selected)")
         return 0
     if args.print_commands:
-        for i, spec in enumerate(specs):
-            if id(spec) in selected and grid_runner.cell_id(spec) not in done:
-                print(grid_runner.run_command(spec, out=f"records/cell-{i:04d}.json"))
+        index = {id(s): i for i, s in enumerate(specs)}
+        for spec in todo:
+            print(grid_runner.run_command(spec, out=f"records/cell-{index[id(spec)]:04d}.json"))
         return 0
-    records = grid_runner.run_grid(grid, args.out, only=args.only, scale=args.scale,
-                                   progress=not args.no_progress)
-    print(f"{len(records)} cells computed, results in {args.out}", file=sys.stderr)
+    computed = grid_runner.run_grid(grid, args.out, only=args.only, scale=args.scale,
+                                    progress=not args.no_progress)
+    print(f"{len(computed)} cells computed, results in {args.out}", file=sys.stderr)
     return 0
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from mcmia_helpers.defences import DEFENSE_PARAMS
-    from mcmia_helpers.io import atomic_write_json
-    from mcmia_helpers.zoo import ZooSpec, run_zoo
+    if args.models is not None and args.models > MAX_ZOO_MODELS:
+        raise UserError(f"--models {args.models} is more than the limit of {MAX_ZOO_MODELS} models "
+                        "per zoo: use fewer models (the paper's zoos have 64)")
+    params = _defence_params(args)
+    if args.sparsity_spec is not None:
+        check_sparsity_spec_file(args.sparsity_spec, args.arch)
+    check_distinct_files({"--out": args.out, "--save-scores": args.save_scores},
+                         {"--sparsity-spec": args.sparsity_spec})
 
-    names = {name for names in DEFENSE_PARAMS.values() for name in names}
-    params = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    check_params(params)
+    from mcmia_helpers.zoo import ZooSpec, check_zoo_request
+
     spec = ZooSpec(arch=args.arch, dataset=args.dataset, scale=args.scale, defense=args.defense,
                    params=params, n_models=args.models, pool=args.pool, canaries=args.canaries,
                    seed=args.seed, standin=args.standin)
+    if getattr(args, "dry_run", False):
+        check_zoo_request(spec, args.attacks)
+        print(f"zoo of {spec.models()} {args.arch} models on {args.dataset} ({args.scale}), "
+              f"pool {spec.pool_size()}: every input checked, nothing trained")
+        return 0
     if args.train_only or args.print_commands or args.model_range or args.per_task:
         return _zoo_cluster(args, spec)
+
+    from mcmia_helpers.io import atomic_write_json
+    from mcmia_helpers.zoo import run_zoo
+
     record = run_zoo(spec, args.attacks, save_scores=args.save_scores, progress=args.progress,
                      group_size=args.group_size, require_cached=args.require_cached)
     if args.out:
@@ -347,10 +436,28 @@ def _zoo_cluster(args: argparse.Namespace, spec) -> int:
     return 0
 
 
+def _check_names(args: argparse.Namespace) -> None:
+    """The names argparse takes as free text, checked before anything heavy is imported: the
+    zoo's ``--defense`` (a defence of ``run`` or ``dense-long``) and ``--pruning``."""
+    if args.command != "zoo":
+        return
+    defences = (*sorted(DEFENSE_PARAMS), DENSE_LONG)
+    if args.defense not in defences:
+        raise UserError(f"unknown defense '{args.defense}': choose one of {', '.join(defences)}")
+    if args.pruning is not None and args.pruning not in PRUNING_CHOICES:
+        raise UserError(f"pruning method '{args.pruning}' is unknown: choose {', '.join(PRUNING_CHOICES)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _check_names(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    _check_outputs(parser, args)
     try:
         check_environment(args.command)
         if args.command == "run":

@@ -45,7 +45,7 @@ def validate_spec(spec: ExperimentSpec) -> ExperimentSpec:
     spec.validate()
     check_calibration(spec.calibration)
     spec.params = canonical_params(spec.defense, spec.params)
-    check_pruning_arch(spec.params, spec.arch)  # filter pruning exists for VGG16 only
+    check_pruning_arch(spec.params, spec.arch)  # the architectures filter pruning can shrink
     if spec.attacks is not None:
         spec.attacks = validate_attack_names(spec.attacks)
     return spec

@@ -147,7 +147,8 @@ def smoke_cap() -> SmokeCap | None:
     text = os.environ.get(SMOKE_ENV, "").strip()
     if text in ("", "0"):
         return None
-    if not text.isdigit() or not 1 <= int(text) <= 1000:
+    # ASCII digits only: str.isdigit() also accepts "²" or "١", which int() refuses or reads.
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
         raise UserError(f"{SMOKE_ENV}={text!r} is not a number of batches per epoch in [1, 1000]: "
                         f"use e.g. {SMOKE_ENV}=2 (or unset it for the real sizes)")
     return SmokeCap(batches=int(text))

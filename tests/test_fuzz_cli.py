@@ -1,7 +1,9 @@
 """Property-based test of the command line: argument vectors and environments drawn from valid
 and invalid values end with status 0 or 2, at most one line on stderr for status 2, and never a
-traceback. ``run`` and ``grid`` are drawn with ``--dry-run`` (every input is checked, nothing is
-trained), so the whole test takes seconds."""
+traceback. ``run``, ``zoo`` and ``grid`` are drawn with ``--dry-run`` (every input is checked,
+nothing is trained), so the whole test takes seconds. The inputs include files of every kind a
+file flag accepts (binary, empty, huge, deeply nested, an alias bomb, wrong YAML types),
+outputs that collide, absurd zoo sizes and junk ``MCMIA_SMOKE`` values."""
 
 from __future__ import annotations
 
@@ -25,6 +27,24 @@ if not (WORK / "fifo").exists():
     os.mkfifo(WORK / "fifo")
 
 junk = st.text(min_size=0, max_size=12)
+
+#: Files of every kind a file flag accepts (``--sparsity-spec``, a grid's ``sparsity_spec:`` and
+#: ``--config``): valid, binary, empty, huge, deeply nested, an alias bomb, wrong YAML types.
+BOMB = ("a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+        + "cells: [*i]\n")
+SPEC_FILES = {
+    "valid.json": b'{"default": 0.5}', "valid.yaml": b"default: 0.5\n",
+    "unknown-layer.yaml": b"nope.0: 0.5\n", "binary.json": bytes(range(256)),
+    "binary.yaml": b"\xff\xfe\x00d\x00", "empty.yaml": b"", "huge.json": b"{" + b" " * (1 << 20) + b"}",
+    "deep.json": b"[" * 50_000 + b"]" * 50_000, "deep.yaml": b"[" * 50_000 + b"]" * 50_000,
+    "bomb.yaml": BOMB.encode(), "list.yaml": b"- 0.5\n", "words.yaml": b"default: lots\n",
+    "range.json": b'{"default": 7}', "tagged.yaml": b"!!python/object:os.system {}\n",
+}
+for _name, _data in SPEC_FILES.items():
+    (WORK / _name).write_bytes(_data)
+spec_files = st.sampled_from([str(WORK / name) for name in SPEC_FILES] + [str(WORK / "a_dir"), str(WORK / "missing.json")])
+smoke = st.sampled_from([None, None, None, "2", "²", "x", "0", "-1", "1001"])
 
 
 def _mostly(valid, invalid):
@@ -59,10 +79,29 @@ def run_args(draw) -> list[str]:
         "--sparsity": numbers, "--lam": numbers, "--k-steps": numbers, "--epsilon": numbers,
         "--delta": numbers, "--max-grad-norm": numbers, "--pruning": _pick(["admm", "magnitude"]),
         "--attacks": _pick(["loss", "loss,confidence", "", ",", "shadow_top3,nope"]),
-        "--out": paths, "--save-scores": paths,
+        "--out": paths, "--save-scores": paths, "--sparsity-spec": spec_files,
+        "--calibration": _pick(["target", "undefended"]),
         "--imagenet-size": numbers, "--imagenet-classes": numbers,
     }
     for flag in draw(st.lists(st.sampled_from(sorted(optional)), max_size=5, unique=True)):
+        args += [flag, draw(optional[flag])]
+    if "--out" in args and draw(st.integers(0, 3)) == 3:  # outputs that collide
+        out = args[args.index("--out") + 1]
+        args += ["--save-scores", draw(st.sampled_from([out, out.rsplit(".", 1)[0] + ".split.json"]))]
+    return args + ["--dry-run"]
+
+
+@st.composite
+def zoo_args(draw) -> list[str]:
+    args = ["zoo", "--arch", draw(_pick(ARCHITECTURES)), "--dataset", draw(_pick(DATASETS))]
+    optional = {
+        "--defense": _pick(["none", "prune", "dense-long", "dp"]),
+        "--models": _mostly(st.sampled_from(["4", "8"]), st.sampled_from(["1000000000", "5000", "3", "-4", "x"])),
+        "--pool": _mostly(st.sampled_from(["256", "1000"]), st.sampled_from(["10000000000", "3", "x"])),
+        "--sparsity-spec": spec_files, "--out": paths, "--save-scores": paths,
+        "--attacks": _pick(["loss", "lira_online,lira_offline", "nope"]),
+    }
+    for flag in draw(st.lists(st.sampled_from(sorted(optional)), max_size=4, unique=True)):
         args += [flag, draw(optional[flag])]
     return args + ["--dry-run"]
 
@@ -81,6 +120,7 @@ def grid_args(draw) -> list[str]:
             "defenses": draw(st.lists(st.fixed_dictionaries(
                 {"defense": _pick(["none", "prune", "dp", "minmax"])},
                 optional={"sparsity": _mostly(st.sampled_from([0.5, [0.5, 0.9]]), GRID_VALUES),
+                          "sparsity_spec": st.one_of(spec_files, GRID_VALUES),
                           "epsilon": _mostly(st.sampled_from([4, 8.0]), GRID_VALUES),
                           "lam": _mostly(st.sampled_from([3, [1, 3]]), GRID_VALUES)}), min_size=1, max_size=2))}
     grid = draw(st.fixed_dictionaries({"cells": st.just([cell])}, optional={
@@ -95,6 +135,8 @@ def grid_args(draw) -> list[str]:
     data = yaml.safe_dump(grid).encode()
     if draw(st.integers(0, 4)) == 4:
         data += draw(st.binary(max_size=6))
+    if draw(st.integers(0, 9)) == 9:
+        data = draw(st.sampled_from(sorted(SPEC_FILES.values())))  # a junk file as the grid
     config.write_bytes(data)
     args = ["grid", "--config", draw(st.sampled_from([str(config), "ci", "nope"])), "--out", draw(paths)]
     if draw(st.booleans()):
@@ -130,13 +172,13 @@ def _environment(values: dict[str, str | None]):
                 os.environ[key] = value
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
+@settings(max_examples=160, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(args=st.one_of(run_args(), grid_args(), data_args()),
-       device=devices, cache=folders, data=folders)
-def test_command_line_never_tracebacks(args, device, cache, data) -> None:
+@given(args=st.one_of(run_args(), grid_args(), zoo_args(), data_args()),
+       device=devices, cache=folders, data=folders, smoke_cap=smoke)
+def test_command_line_never_tracebacks(args, device, cache, data, smoke_cap) -> None:
     err = io.StringIO()
-    with _environment({"MCMIA_DEVICE": device, "MCMIA_CACHE": cache,
+    with _environment({"MCMIA_DEVICE": device, "MCMIA_CACHE": cache, "MCMIA_SMOKE": smoke_cap,
                        "MCMIA_DATA": data if data is not None else os.environ.get("MCMIA_DATA")}), \
             contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:

@@ -44,7 +44,7 @@ def test_grid_resumes_after_an_interrupt_between_cells(tmp_path, monkeypatch) ->
 
     monkeypatch.setattr(grid_runner, "run_experiment", real_run)
     again = grid_runner.run_grid(grid_runner.load_grid(config), out, progress=False)
-    assert [r["cell_id"] for r in again] == ["lenet5/digits/ci/none/seed=2"]
+    assert [r["cell_id"] for r in again] == ["lenet5/digits/ci/none/attacks=loss/seed=2"]
     ids = [r["cell_id"] for r in grid_runner.read_records(out)]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 3
     assert grid_runner.run_grid(grid_runner.load_grid(config), out, progress=False) == []

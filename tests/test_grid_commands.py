@@ -27,7 +27,8 @@ def _fake_record(spec) -> dict:
     """What ``run_experiment`` would return, for the fields the grid reads (no training)."""
     return {"arch": spec.arch, "dataset_requested": spec.dataset, "scale": spec.scale,
             "defense": spec.defense, "params": dict(spec.params), "seed": spec.seed,
-            "dataset_description": f"fake {spec.dataset}", "calibration": calibration_of(spec)}
+            "dataset_description": f"fake {spec.dataset}", "calibration": calibration_of(spec),
+            "attacks": {name: {"auc": 0.5} for name in grid_runner.needed_attacks(spec)}}
 
 
 @pytest.fixture()
@@ -91,7 +92,7 @@ def test_only_runs_just_the_matching_cells(tmp_path, captured_runs) -> None:
     out = tmp_path / "r.jsonl"
     grid = grid_runner.load_grid(config)
     computed = grid_runner.run_grid(grid, out, only="seed=1", progress=False)
-    assert [r["cell_id"] for r in computed] == ["lenet5/digits/ci/none/seed=1"]
+    assert [r["cell_id"] for r in computed] == ["lenet5/digits/ci/none/attacks=loss/seed=1"]
     assert [s.seed for s in captured_runs] == [1]
     assert main(["grid", "--config", str(config), "--out", str(out), "--only", "seed=2",
                  "--no-progress"]) == 0

@@ -52,6 +52,7 @@ import torch
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.io import atomic_write_json, check_output_path
 from mcmia_helpers.version import __version__
+from mcmia_helpers.validation import probe_writable
 from mcmia_helpers.zoo import ZooSpec, prepare_zoo, train_zoo
 from mcmia_helpers.zoo.dp_match import (DP_MATCH_FILE, DP_MATCH_FORMAT, DP_MATCH_KIND,
                                         check_dp_match, choose_setting, gap)
@@ -217,12 +218,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_output_path(args.out, "the equal-utility record (--out)")
+        probe_writable(args.out, "the equal-utility record (--out)")  # as root, too
         record = tune(args.arch, args.dataset, args.standin or None, args.scale, args.models,
                       args.epsilons, args.max_grad_norms, args.tolerance, args.progress)
         atomic_write_json(args.out, record)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: trained zoo models are cached; run the same command again to go on",
+              file=sys.stderr)
+        return 130
     chosen = record["chosen"]
     print(f"chosen: epsilon {chosen['epsilon']:g}, max_grad_norm {chosen['max_grad_norm']:g}, "
           f"test accuracy {chosen['test_acc_mean']:.4f} (gap {chosen['gap']:+.4f}, "

@@ -163,6 +163,13 @@ def main() -> int:
     # for the tests): with Agg, plt.show() draws nothing and the stored chapters lose their figures.
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     scale = os.environ.get("MCMIA_SCALE", "book")
+    for path in args.notebooks:  # every notebook read before the first one runs
+        try:
+            nbformat.read(path, as_version=4)
+        except (OSError, ValueError, nbformat.reader.NotJSONError, nbformat.ValidationError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"execute_notebooks.py: error: cannot read notebook {path}: {first}", file=sys.stderr)
+            return 2
     for path in args.notebooks:
         with tempfile.TemporaryDirectory(prefix="mcmia-cache-") as cache:
             if not args.keep_cache:  # honest times: every chapter trains what it needs

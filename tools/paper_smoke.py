@@ -214,6 +214,33 @@ def main(argv: list[str] | None = None) -> int:
                         help="an ImageFolder tree (default: a tiny one written to a temporary folder)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MCMIA_SMOKE", "2")
+    from mcmia_helpers.errors import UserError
+
+    try:
+        return _smoke(args)
+    except UserError as err:  # a bad --out, MCMIA_SMOKE, --imagenet-root: one line, no traceback
+        print(f"paper_smoke.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the cells done are in --out; run the same command again to go on",
+              file=sys.stderr)
+        return 130
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    """The smoke run of :func:`main` (every input checked before the first cell runs)."""
+    from mcmia_helpers.io import check_output_path
+    from mcmia_helpers.scales import smoke_cap
+    from mcmia_helpers.validation import probe_writable
+
+    check_output_path(args.out, "--out")
+    probe_writable(args.out, "--out")
+    smoke_cap()  # MCMIA_SMOKE is a number of batches
+    if args.imagenet_root is not None and not Path(args.imagenet_root).is_dir():
+        from mcmia_helpers.errors import UserError
+
+        raise UserError(f"--imagenet-root {args.imagenet_root} is not a folder: give an ImageFolder "
+                        "tree with train/ and val/, or leave it out for a tiny one")
     with tempfile.TemporaryDirectory() as tmp:
         root = args.imagenet_root or write_tiny_imagefolder(Path(tmp) / "imagenet")
         specs = [s for s in smoke_specs(root, coverage=args.coverage)

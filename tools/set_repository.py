@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     except ToolError as exc:
         print(f"set_repository.py: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, ValueError, nbformat.reader.NotJSONError, nbformat.ValidationError) as exc:
+        # a missing or unreadable file, a notebook that is not JSON: one line, no traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"set_repository.py: error: {first}", file=sys.stderr)
+        return 2
     print(f"repository set to {normalise_url(args.url)} (branch {args.branch}): "
           f"{', '.join(p.name for p in written)}")
     return 0

@@ -43,7 +43,11 @@ def load_sparsity_spec(path: str | os.PathLike) -> dict[str, float]:
     if not path.is_file():
         raise UserError(f"sparsity spec {path} does not exist: give a JSON or YAML file "
                         "mapping layer names to sparsities")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"sparsity spec {path} is not UTF-8 text (byte {exc.start}): write a JSON "
+                        "or YAML mapping such as {\"features.0\": 0.5, \"default\": 0.9}") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
