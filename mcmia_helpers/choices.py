@@ -38,3 +38,6 @@ ATTACKS: tuple[str, ...] = ("shadow_top3", "shadow_label", "nasr_inference", "lo
                             "entropy", "modified_entropy", "correctness", "lira_online",
                             "lira_offline", "rmia_online", "rmia_offline", "lira_online_aware",
                             "lira_offline_aware", "rmia_online_aware", "rmia_offline_aware")
+#: Attacks a zoo runs (:data:`mcmia_helpers.zoo.evaluate.ZOO_ATTACKS`), each also as ``<name>_aware``.
+ZOO_ATTACKS: tuple[str, ...] = ("lira_online", "lira_offline", "rmia_online", "rmia_offline", "loss",
+                                "confidence", "entropy", "modified_entropy", "correctness")

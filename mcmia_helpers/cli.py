@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mcmia_helpers.choices import (ARCHITECTURES, ATTACKS, CALIBRATIONS, DATASETS, DEFENSE_PARAMS,
-                                   DENSE_LONG)
+                                   DENSE_LONG, ZOO_ATTACKS)
 from mcmia_helpers.choices import PRUNING_METHODS as PRUNING_CHOICES
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.scales import SCALES
@@ -438,7 +438,8 @@ def _zoo_cluster(args: argparse.Namespace, spec) -> int:
 
 def _check_names(args: argparse.Namespace) -> None:
     """The names argparse takes as free text, checked before anything heavy is imported: the
-    zoo's ``--defense`` (a defence of ``run`` or ``dense-long``) and ``--pruning``."""
+    zoo's ``--defense`` (a defence of ``run`` or ``dense-long``), ``--pruning`` and
+    ``--attacks`` (the same message as :func:`~mcmia_helpers.zoo.evaluate.zoo_attack_names`)."""
     if args.command != "zoo":
         return
     defences = (*sorted(DEFENSE_PARAMS), DENSE_LONG)
@@ -446,6 +447,12 @@ def _check_names(args: argparse.Namespace) -> None:
         raise UserError(f"unknown defense '{args.defense}': choose one of {', '.join(defences)}")
     if args.pruning is not None and args.pruning not in PRUNING_CHOICES:
         raise UserError(f"pruning method '{args.pruning}' is unknown: choose {', '.join(PRUNING_CHOICES)}")
+    names = [n.strip() for n in str(args.attacks).split(",") if n.strip()]
+    unknown = [n for n in names if n not in ZOO_ATTACKS and n.removesuffix("_aware") not in ZOO_ATTACKS]
+    if unknown or not names:
+        raise UserError(f"unknown zoo attack(s) {', '.join(map(repr, unknown))}: choose from "
+                        f"{', '.join(ZOO_ATTACKS)} (each also as <name>_aware)" if unknown else
+                        "no attack named: use e.g. --attacks lira_online,loss")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

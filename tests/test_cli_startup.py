@@ -50,6 +50,8 @@ def _probe(*args: str) -> dict:
     ["zoo", "--arch", "vgg61", "--dataset", "cifar10"],
     ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--defense", "prun"],
     ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--defense", "prune", "--pruning", "admmm"],
+    ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--attacks", "lira_onlin,loss"],
+    ["zoo", "--arch", "lenet5", "--dataset", "mnist", "--attacks", "shadow_top3"],
     ["grid", "--config", "ci"],
     ["runn"],
     ["--help"],
@@ -101,4 +103,7 @@ def test_the_light_name_lists_equal_their_sources() -> None:
     assert choices.PRUNING_METHODS == tuple(PRUNING_CHOICES)
     assert choices.CALIBRATIONS == CALIBRATIONS
     assert choices.ATTACKS == ATTACKS
+    from mcmia_helpers.zoo.evaluate import ZOO_ATTACKS
+
+    assert choices.ZOO_ATTACKS == ZOO_ATTACKS
     assert choices.DENSE_LONG == DENSE_LONG and set(zoo_defences()) == {*choices.DEFENSE_PARAMS, DENSE_LONG}

@@ -156,8 +156,8 @@ class _InterruptMidCell:
         self.calls += 1
         return self.real_run(spec)
 
-    def save(self, obj, path):
-        self.real_save(obj, path)
+    def save(self, obj, path, **kwargs):  # kwargs: the entry's own key (io.atomic_torch_save)
+        self.real_save(obj, path, **kwargs)
         if self.calls == self.cell and str(path).endswith(".partial.pt"):
             self.saves += 1
             if self.saves == self.after:

