@@ -25,7 +25,7 @@ A grid file looks like::
 A cell's id names everything that changes its record: architecture, dataset, scale, defence and
 canonical parameters, the ImageNet form, augmentation and calibration choices, an explicit
 ``attacks`` list (``attacks=loss+shadow_top3``, in the canonical order of
-:data:`~mcmia_helpers.attacks.names.ATTACKS`) and a smoke cap (``smoke=N``, ``MCMIA_SMOKE``).
+``mcmia_helpers.attacks.names.ATTACKS``) and a smoke cap (``smoke=N``, ``MCMIA_SMOKE``).
 A stored record counts for a cell (:func:`find_record`) when it has the cell's id, or when it
 has the same id apart from the attacks and holds results for every attack the cell asks for
 (so a shorter list reuses a longer record). Old records, written before ids named the attacks,
@@ -108,7 +108,7 @@ def _cell_id(arch: str, dataset: str, scale: str, defense: str, params: Mapping[
 
 
 def _canonical_attacks(names: Iterable[str]) -> list[str]:
-    """Attack names once each, in the order of :data:`~mcmia_helpers.attacks.names.ATTACKS`
+    """Attack names once each, in the order of ``mcmia_helpers.attacks.names.ATTACKS``
     (unknown names, from a foreign record, last and sorted)."""
     from mcmia_helpers.attacks.names import ATTACKS
 

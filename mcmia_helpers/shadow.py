@@ -490,7 +490,7 @@ def train_models_batched(arch_builder: ArchBuilder, n_models: int, bundle: Datas
     ``arch_builder`` should not reseed torch itself, or all models share one initialisation.
     ``histories``, if given a list, receives each model's per-epoch history. ``checkpoint`` (a
     path prefix) makes every group resumable after every epoch (files ``<checkpoint>.<j>.pt``,
-    see :func:`_train_group`; the caller deletes them, :func:`drop_checkpoints`, once the models
+    see ``_train_group``; the caller deletes them, :func:`drop_checkpoints`, once the models
     are saved). A model's numbers do not depend on which group it trains in (see the module
     docstring, *group invariance*), so resumed, regrouped and retrained models are the same.
     """

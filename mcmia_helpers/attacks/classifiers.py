@@ -5,7 +5,7 @@ Nasr et al.'s (2018) inference model (the network itself, :class:`~mcmia_helpers
 lives with the models because the Min-Max defence trains against it too).
 
 Both attacks standardise their features with the mean and spread of their own training set
-(:class:`_StandardisedMLP`, :class:`StandardisedInference`). Before issue 25 only the shadow
+(``_StandardisedMLP``, :class:`StandardisedInference`). Before issue 25 only the shadow
 attack did: Nasr's posterior features (probabilities in [0, 1], log-probabilities scaled to
 [-1, 0]) went in raw, and with 50 known members against 50 reference non-members (the
 ``overfit_target`` fixture of ``tests/test_attacks.py``) the attack network learnt next to
@@ -103,7 +103,7 @@ def _posterior_features(net: InferenceModel, probs: torch.Tensor) -> torch.Tenso
 
 class StandardisedInference(nn.Module):
     """Nasr et al.'s inference model on *standardised* posterior features: each feature of
-    :func:`_posterior_features` minus its mean over the training set, divided by its spread
+    ``_posterior_features`` minus its mean over the training set, divided by its spread
     (as the shadow attack's network does), then the model's posterior, label and joint layers.
     ``forward(probs, onehot)`` is :class:`~mcmia_helpers.models.InferenceModel`'s."""
 
@@ -115,6 +115,7 @@ class StandardisedInference(nn.Module):
         self.register_buffer("std", features.std(0).clamp_min(1e-6))
 
     def forward(self, probs: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Membership logits of ``(probs, onehot)`` pairs, features standardised first."""
         x = (_posterior_features(self.net, probs) - self.mean) / self.std
         h = torch.cat([self.net.posterior(x), self.net.label(onehot.to(probs.dtype))], dim=-1)
         return self.net.joint(h).squeeze(-1)

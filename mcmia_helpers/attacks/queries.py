@@ -4,7 +4,7 @@ flips (chapter 1; issue 25).
 LiRA's authors query every example as the model saw it in training: with random flips, the image
 and its horizontal mirror (tensorflow/privacy ``research/mi_lira_2021/inference.py``,
 ``reflect=True``), each view scored on its own and the scores averaged. The training recipe's
-augmentation flag is :attr:`mcmia_helpers.training.TrainConfig.augment` (the scale's
+augmentation flag is ``mcmia_helpers.training.TrainConfig.augment`` (the scale's
 ``augment``, or ``--augment``); :func:`query_views` reads it from the target's context.
 """
 
@@ -21,7 +21,7 @@ from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.shadow import predict_logits_many
 from mcmia_helpers.training import predict_logits
 
-#: The query views: the image as it is, and mirrored left to right.
+#: The query views, the image as it is and mirrored left to right.
 VIEWS = ("image", "mirror")
 
 

@@ -65,13 +65,13 @@ halves. Each target is therefore audited on its own, at level ``beta / N`` for `
 **The guess rule is chosen on other targets.** Picking ``(k+, k-)`` to maximise the bound on the
 very guesses it is evaluated on is a multiple test that overstates the bound. The pairs of
 targets are split in two halves (pair ``k`` in half ``k mod 2``); the rule of a half is the one
-of :data:`RULES` with the largest mean bound on the *other* half's targets, and each half is
+of ``RULES`` with the largest mean bound on the *other* half's targets, and each half is
 evaluated with the rule chosen on the other. The choice uses the other half's scores, whose
 shadow models include the evaluated targets' models and partners: that dependence (on one of
-:data:`RULES`, 35 options, through pooled shadow statistics) is the one step the theorem does not
+``RULES``, 35 options, through pooled shadow statistics) is the one step the theorem does not
 cover; a union bound over the rules would, at confidence ``1 - 35 beta``.
 
-Delta: the DP zoo's own (the accountant's); for other zoos :func:`default_delta` of the members
+Delta: the DP zoo's own (the accountant's); for other zoos ``default_delta`` of the members
 per model, the delta a DP zoo of the same size would use.
 """
 
@@ -191,7 +191,7 @@ def zoo_epsilon(pool: int, m: int, r: int, v: int, delta: float, beta: float) ->
 
 
 def rule_counts(rule: tuple[float, float], m: int) -> tuple[int, int]:
-    """``(k+, k-)`` of a rule of :data:`RULES` for ``m`` canaries (a positive share guesses at
+    """``(k+, k-)`` of a rule of ``RULES`` for ``m`` canaries (a positive share guesses at
     least one canary)."""
     k_plus, k_minus = (0 if s == 0 else max(1, int(round(s * m))) for s in rule)
     while k_plus + k_minus > m:  # a tiny m: never guess a canary twice
@@ -318,7 +318,7 @@ def zoo_epsilon_bound(scores: np.ndarray, membership: np.ndarray, canary: np.nda
                       confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any] | None:
     """:func:`canary_epsilon_bound` as the zoo record states it: with the DP zoo's accountant
     (its epsilon beside the bound, its delta in the audit), or for any other zoo at the delta
-    of :func:`default_delta` for its members per model. ``None`` without canaries."""
+    of ``default_delta`` for its members per model. ``None`` without canaries."""
     canary = np.asarray(canary, dtype=bool)
     if not canary.any():
         return None

@@ -19,7 +19,7 @@ on the whole pool and its test accuracy. So
 * a zoo with more models reuses the first ones (their members and seeds do not depend on N);
 * an entry knows whose it is: it stores its key and identity (the recipe the key hashes) in its
   digested content, and a load checks them, the seed, the logits' shape (pool, classes) and a
-  dense model's weight shapes (:func:`_check_entry`), so another model's valid entry, or one
+  dense model's weight shapes (``_check_entry``), so another model's valid entry, or one
   with half its logits, is set aside and retrained; the retrained model is bit for bit the one
   it replaces (its seed and data order are its own, and the grouped engine gives a model the
   same numbers in every group: :mod:`mcmia_helpers.shadow`, *group invariance*);
@@ -233,7 +233,7 @@ def model_context(setup: ZooSetup, i: int, defense: str, params: dict[str, Any])
 class ZooKey(str):
     """A zoo model's cache key (the string) that also carries what it stands for: the model's
     identity (the recipe it hashes), its seed, and the shapes its entry must have (logits on
-    the pool; the builder's weights for dense and dense-long models). :func:`_load_entry` checks
+    the pool; the builder's weights for dense and dense-long models). ``_load_entry`` checks
     an entry against them before it is used."""
 
     identity: dict
@@ -330,7 +330,7 @@ def _check_entry(key: str, blob: dict) -> None:
 
     Entries written before keys and identities were stored (legacy: no ``cache_key``) are
     trusted when their seed and shapes are this model's, and re-saved with key and identity by
-    :func:`_load_entry`: a copy of another model of the zoo has another seed and is caught.
+    ``_load_entry``: a copy of another model of the zoo has another seed and is caught.
     """
     for name in ("state_dict", "logits", "test_acc", "seed"):
         if name not in blob:
@@ -359,7 +359,7 @@ def _check_entry(key: str, blob: dict) -> None:
 
 
 def _load_entry(key: str) -> dict | None:
-    """The checked entry of zoo model ``key`` (:func:`_check_entry`), or ``None`` when there is
+    """The checked entry of zoo model ``key`` (``_check_entry``), or ``None`` when there is
     none or it was set aside (damaged, or another model's valid entry: one-line notice)."""
     path = _path(key)
     if not path.exists():

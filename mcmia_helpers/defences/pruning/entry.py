@@ -29,14 +29,14 @@ PRUNING_VERSION = 1
 
 #: The ``pruning`` choices of the ``prune`` defence: an algorithm and how one overall sparsity
 #: is spread over the layers (its *allocation*). Each algorithm's own allocation is its plain
-#: name: ADMM uses :func:`default_sparsity_profile`, the magnitude methods one global threshold.
+#: name: ADMM uses ``default_sparsity_profile``, the magnitude methods one global threshold.
 #: The swapped allocations are controls that separate the algorithm from the allocation (the
 #: book's chapter 6): ``magnitude-profile`` prunes by magnitude to ADMM's per-layer targets,
 #: ``admm-global`` runs ADMM to the per-layer sparsities a global magnitude threshold gives the
-#: dense model. ``filter`` is structured pruning (:data:`STRUCTURED`, any of the four
+#: dense model. ``filter`` is structured pruning (``STRUCTURED``, any of the four
 #: architectures, through Torch-Pruning): whole filters and neurons removed, the same share in
 #: every coupled group of channels, at the ratio that keeps as many prunable
-#: weights as unstructured pruning at that sparsity (:func:`filter_budget`); the result is a
+#: weights as unstructured pruning at that sparsity (``filter_budget``); the result is a
 #: narrower dense model, faster on a CPU, where the unstructured choices only zero weights.
 PRUNING_CHOICES: dict[str, tuple[str, str]] = {
     "admm": ("admm", "profile"),
@@ -57,7 +57,7 @@ PARAM_DEFAULTS: dict[str, Any] = {"pruning": "admm", "sparsity": 0.9, "sparsity_
 def validate_pruning_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The ``prune`` defence's ``params`` with defaults filled in, or a one-line :class:`UserError`.
 
-    Keys: ``pruning`` (one of :data:`PRUNING_CHOICES`; default admm), ``sparsity`` (overall
+    Keys: ``pruning`` (one of ``PRUNING_CHOICES``; default admm), ``sparsity`` (overall
     target in [0, 1), default 0.9) and ``sparsity_spec`` (a JSON/YAML per-layer file that,
     when given, replaces ``sparsity``; its layer names are checked against the model later).
     """
@@ -100,17 +100,17 @@ def train_pruned(ctx: TargetContext, *, params: Mapping[str, Any] | None = None,
     Combined defences reuse it (``prune+minmax``): ``params`` replaces ``ctx.spec.params``
     (pruning keys only), ``dense()`` gives the starting model and its info (default: the
     ``none`` defence's), a fresh ``callback_extra()`` joins the ADMM W-steps and the masked
-    retraining (see :func:`prune_model`), and ``cache_extra`` extends the cache key.
+    retraining (see ``prune_model``), and ``cache_extra`` extends the cache key.
 
     The dense model is the ``none`` defence's (same cache entry, trained once); the pruned
     model is cached under the full configuration. ``sparsity`` is the overall target on the
-    prunable weights: ADMM spreads it with :func:`default_sparsity_profile`, the magnitude
+    prunable weights: ADMM spreads it with ``default_sparsity_profile``, the magnitude
     baselines with one global threshold; a ``sparsity_spec`` file fixes every layer instead.
     ``pruning: filter`` (LeNet-5, VGG16, MobileNetV2, ResNet18; any other architecture is a
     one-line error before any training) is structured pruning instead (see the module docstring): whole filters removed
-    at :func:`filter_budget`'s ratio, the narrow model fine-tuned for ``admm_epochs +
+    at ``filter_budget``'s ratio, the narrow model fine-tuned for ``admm_epochs +
     retrain_epochs``; its record has the same fields, counted against the dense model
-    (:func:`structured_report`), plus ``filter_ratio``, ``filter_channels``, ``params_dense``,
+    (``structured_report``), plus ``filter_ratio``, ``filter_channels``, ``params_dense``,
     ``params_kept``, ``param_share`` and ``param_share_total``.
     Extra record fields: the compression report (``sparsity_per_layer``,
     ``compression_ratio``, ``compression_ratio_prunable``, the raw and compressed file sizes
@@ -193,7 +193,7 @@ def _train_filter_pruned(ctx: TargetContext, params: Mapping[str, Any],
                          cache_extra: Mapping[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
     """``pruning: filter`` of :func:`train_pruned`: structured pruning of the dense target.
 
-    The filter ratio is :func:`filter_budget`'s for ``params["sparsity"]`` (the narrow model
+    The filter ratio is ``filter_budget``'s for ``params["sparsity"]`` (the narrow model
     keeps about as many prunable weights as unstructured pruning at that sparsity); the
     narrow model (:func:`~.structured.prune_filters` of the dense target) is fine-tuned on the members
     for ``admm_epochs + retrain_epochs`` (``2 * max(1, epochs // 2)``), the budget every
@@ -202,7 +202,7 @@ def _train_filter_pruned(ctx: TargetContext, params: Mapping[str, Any],
     width of every conv and hidden linear layer (``filter_channels``, also stored in the entry's
     configuration), from which :func:`~.structured.with_channels` builds the
     narrow form before the cached weights are loaded (digest-checked and strict, as every
-    cached model). Record fields: those of :func:`structured_report` plus ``filter_ratio``,
+    cached model). Record fields: those of ``structured_report`` plus ``filter_ratio``,
     ``filter_channels`` and the fields every pruning record has.
     """
     probe = ctx.build()

@@ -64,7 +64,7 @@ def prune_model(model: nn.Module, bundle: DatasetBundle, indices: torch.Tensor,
     """Prune a trained dense ``model`` in place with ``method`` and retrain it on ``indices``.
 
     ``sparsity`` is one number, a ``{layer: s}`` mapping or a spec file (see
-    :func:`resolve_sparsity`); for ``magnitude``/``iterative`` one number means one global
+    ``resolve_sparsity``); for ``magnitude``/``iterative`` one number means one global
     threshold. ``config`` is the target's training configuration; each phase trains with it,
     its ``epochs`` replaced by ``admm_epochs`` (W-steps of ADMM) and ``retrain_epochs``
     (masked retraining), both by default ``max(1, config.epochs // 2)``; the magnitude

@@ -16,7 +16,7 @@ channel, averaged over the group's layers; for a plain conv followed by BatchNor
 filters as Li et al. 2017 do, by their own L1 norm, up to the norm's and the next layer's
 weights). :func:`filter_budget` finds the ratio whose narrow model keeps as many prunable
 weights as unstructured pruning at the requested sparsity. The result is an ordinary dense
-model, faster on any CPU (:mod:`benchmarks.structured_latency`) and smaller on disk.
+model, faster on any CPU (``benchmarks.structured_latency``) and smaller on disk.
 
 A narrow model's shapes differ from the builder's, so they are recorded as
 :func:`conv_channels` (the output width of every conv and hidden linear layer, in module order)
