@@ -395,6 +395,27 @@ def train_models_sequential(arch_builder: ArchBuilder, n_models: int, bundle: Da
     return models
 
 
+def restore_group_checkpoint(checkpoint: Path | None, params: dict[str, torch.Tensor],
+                             buffers: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                             scheduler: Any, device: torch.device) -> dict | None:
+    """Load a stacked group's epoch checkpoint into ``params``, ``buffers``, ``optimizer`` and
+    ``scheduler`` in place and return its whole state; ``None`` (nothing changed) when there is
+    none, or when it is damaged (set aside: the group starts from epoch 0). One home for the
+    resume of every grouped loop (shadow models here, the zoo's phases in ``zoo.grouped``)."""
+    if checkpoint is None or not check_or_set_aside(checkpoint, "training the group from epoch 0"):
+        return None
+    state, _ = load_verified(checkpoint, map_location=device)
+    with torch.no_grad():
+        for k, v in params.items():
+            v.copy_(state["params"][k])
+        for k, v in buffers.items():
+            v.copy_(state["buffers"][k])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
 def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle,
                  index_sets: list[torch.Tensor], config: TrainConfig, seeds: list[int],
                  device: torch.device, progress: bool,
@@ -418,16 +439,8 @@ def _train_group(net: GroupedNet, models: list[nn.Module], bundle: DatasetBundle
     n = len(index_sets[0])
     histories: list[list[dict]] = [[] for _ in range(n_models)]
     start_epoch = 0
-    if checkpoint is not None and check_or_set_aside(checkpoint, "training the group from epoch 0"):
-        state, _ = load_verified(checkpoint, map_location=device)
-        with torch.no_grad():
-            for k, v in params.items():
-                v.copy_(state["params"][k])
-            for k, v in buffers.items():
-                v.copy_(state["buffers"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+    state = restore_group_checkpoint(checkpoint, params, buffers, optimizer, scheduler, device)
+    if state is not None:
         histories = json.loads(state["histories"])
         start_epoch = int(state["epoch"]) + 1
     bar = tqdm(range(start_epoch, config.epochs), disable=not progress, desc=f"{n_models} models",

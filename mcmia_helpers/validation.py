@@ -303,6 +303,16 @@ def yaml_expanded_size(root: Any) -> int:
     return sizes[id(root)]
 
 
+def _yaml_error(exc: Exception, what: str) -> UserError:
+    """The one-line error for YAML that cannot be read (too deep, or not YAML)."""
+    if isinstance(exc, RecursionError):
+        return UserError(f"{what}: nested too deeply to read: write it flatter")
+    mark = getattr(exc, "problem_mark", None)
+    where = f" line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return UserError(f"{what}{where}: not valid YAML ({problem})")
+
+
 def parse_yaml(text: str, what: str) -> tuple[Any, Any]:
     """``(value, node graph)`` of YAML ``text``; not YAML, or expanding beyond
     :data:`MAX_YAML_NODES` nodes once its aliases are followed, is a one-line UserError. The
@@ -311,13 +321,8 @@ def parse_yaml(text: str, what: str) -> tuple[Any, Any]:
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except RecursionError:
-        raise UserError(f"{what}: nested too deeply to read: write it flatter") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{what}{where}: not valid YAML ({problem})") from None
+    except (RecursionError, yaml.YAMLError) as exc:
+        raise _yaml_error(exc, what) from None
     if root is None:
         return None, None
     try:
@@ -329,13 +334,8 @@ def parse_yaml(text: str, what: str) -> tuple[Any, Any]:
                         f"limit of {MAX_YAML_NODES}: write a smaller file, without nested aliases")
     try:
         return yaml.safe_load(text), root
-    except RecursionError:
-        raise UserError(f"{what}: nested too deeply to read: write it flatter") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{what}{where}: not valid YAML ({problem})") from None
+    except (RecursionError, yaml.YAMLError) as exc:
+        raise _yaml_error(exc, what) from None
 
 
 def load_grid_text(data: bytes, name: str) -> dict[str, Any]:

@@ -42,8 +42,9 @@ from mcmia_helpers.data import DatasetBundle
 from mcmia_helpers.defences.compression import compression_report, prunable_layers
 from mcmia_helpers.defences.pruning import (ADMMSettings, ADMMState, magnitude_masks,
                                             mask_tensors)
-from mcmia_helpers.io import atomic_torch_save, check_or_set_aside, load_verified
-from mcmia_helpers.shadow import GroupedNet, grouped_net_for, stack_states, unstack_into
+from mcmia_helpers.io import atomic_torch_save
+from mcmia_helpers.shadow import (GroupedNet, grouped_net_for, restore_group_checkpoint,
+                                  stack_states, unstack_into)
 from mcmia_helpers.training import (TrainConfig, epoch_seed, fit, make_optimizer, make_scheduler,
                                     optimiser_step)
 
@@ -91,16 +92,8 @@ def train_stacked(net: GroupedNet, params: dict[str, torch.Tensor], buffers: dic
     index_sets = [torch.as_tensor(idx, dtype=torch.long) for idx in index_sets]
     n = len(index_sets[0])
     start_epoch = 0
-    if checkpoint is not None and check_or_set_aside(checkpoint, "training the group from epoch 0"):
-        state, _ = load_verified(checkpoint, map_location=device)
-        with torch.no_grad():
-            for k, v in params.items():
-                v.copy_(state["params"][k])
-            for k, v in buffers.items():
-                v.copy_(state["buffers"][k])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+    state = restore_group_checkpoint(checkpoint, params, buffers, optimizer, scheduler, device)
+    if state is not None:
         hooks.load_state_dict(state.get("hooks", {}))
         start_epoch = int(state["epoch"]) + 1
     for epoch in range(start_epoch, config.epochs):
