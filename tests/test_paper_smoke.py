@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 
 import pytest
@@ -115,3 +116,20 @@ def test_three_paper_cells_run_end_to_end(tmp_path, monkeypatch) -> None:
     kept = {p.name for p in (tmp_path / "cache").rglob("*.pt")}
     assert kept and len(kept) <= 4 + 1  # the 224-px cell: target, 1 shadow, 2 LiRA (+ a group)
     print(f"three paper smoke cells: {time.perf_counter() - started:.0f} s")
+
+
+def test_skip_leaves_out_the_matching_cells_before_any_runs(tmp_path, capsys, monkeypatch) -> None:
+    """``--skip`` (what .ci/run uses for VGG16's 224-px form): a bad expression is one line and
+    exit 2; one that, with --only, leaves nothing says so; nothing trains in either case."""
+    monkeypatch.setattr(paper_smoke, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    out = str(tmp_path / "s.jsonl")
+    assert paper_smoke.main(["--out", out, "--skip", "px=(224"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--skip" in err[0] and "regular expression" in err[0]
+    assert paper_smoke.main(["--out", out, "--coverage", "defences", "--only", "vgg16/imagenet",
+                             "--skip", "vgg16/imagenet/.*px=(64|224)"]) == 2
+    assert "matches no smoke cell" in capsys.readouterr().err
+    kept = [paper_smoke.smoke_cell_id(s) for s in paper_smoke.smoke_specs(tmp_path, coverage="defences")]
+    skip = re.compile("vgg16/imagenet/.*px=224")
+    assert sum(bool(skip.search(c)) for c in kept) == 5  # VGG16's five defences at 224 px
+    assert any("resnet18/imagenet" in c and "px=224" in c for c in kept if not skip.search(c))
