@@ -72,7 +72,7 @@ from mcmia_helpers.models import ARCHITECTURES, build_model
 from mcmia_helpers.scales import SCALES, ZooScale, get_scale, zoo_scale
 from mcmia_helpers.shadow import predict_logits_many, train_models_batched
 from mcmia_helpers.training import TrainConfig, cache_dir, check_finite_model, config_key, get_device
-from mcmia_helpers.zoo import claims
+import mcmia_helpers.zoo.claims as claims
 from mcmia_helpers.zoo.grouped import continue_training, prune_models_batched, train_new_models
 from mcmia_helpers.zoo.membership import (ZooPool, check_zoo_sizes, digest, draw_pool,
                                           labelled_bundle, membership_matrix, model_seed)
