@@ -20,7 +20,8 @@ A stack of layers in the order of the chapters; each imports only from the layer
    LiRA, paired defences, canaries); ``experiments``: one experiment = one JSON record;
 8. ``plots``, then ``grid`` (YAML grids, chapter 5), ``exposure`` (chapter 6), ``explorer``
    (chapter 5), ``notebook`` (glue, scales in notebooks);
-9. ``cli``: ``python -m mcmia_helpers run|grid|zoo|data`` (its names from ``choices``, which
+9. ``verdicts`` (chapter 6's verdict table and figures) and ``cli``:
+   ``python -m mcmia_helpers run|grid|zoo|data`` (its names from ``choices``, which
    imports nothing: the submodules are imported on first use).
 """
 
@@ -37,7 +38,7 @@ from mcmia_helpers.version import __version__
 #: imports no torch, so a typo is answered in a fraction of a second.
 _SUBMODULES = ("attacks", "choices", "context", "data", "defences", "experiments", "explorer",
                "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
-               "shadow", "training", "zoo")
+               "shadow", "training", "verdicts", "zoo")
 
 
 def __getattr__(name: str) -> Any:

@@ -40,10 +40,11 @@ def test_paired_row_finds_a_real_drop_and_no_drop_between_twins():
     weaker = _zoo(signal * 0.3, 1)  # same noise, a third of the signal
     twin = _zoo(signal, 2)  # same signal, other noise
     drop = evidence.paired_row(weaker, dense, "auc", n_bootstrap=200)
-    assert drop["direction"] == "lower" and drop["change"] < -0.2
+    assert drop["reading"] == "lower" and drop["change"] < -0.2
     same = evidence.paired_row(twin, dense, "auc", n_bootstrap=200)
-    assert same["direction"] == "no clear change"
     assert same["low"] < 0 < same["high"]
+    assert same["reading"] in ("equivalent", "inconclusive")
+    assert same["reading"] == evidence.reading(same["low"], same["high"], 0.01)
 
 
 def test_pooled_row_reports_low_fpr_metrics_with_intervals_and_subsets():
@@ -53,7 +54,11 @@ def test_pooled_row_reports_low_fpr_metrics_with_intervals_and_subsets():
     everything = evidence.pooled_row(zs, "all", n_bootstrap=100)
     canaries = evidence.pooled_row(zs, "canaries", n_bootstrap=100)
     ordinary = evidence.pooled_row(zs, "ordinary", n_bootstrap=100)
-    assert canaries["tpr_at_0_1pct_fpr"] > ordinary["tpr_at_0_1pct_fpr"]
+    # 16 x 20 canary non-members resolve 1% FPR (320 >= 1,000? no: not even that)
+    assert canaries["tpr_at_1pct_fpr"] is None and canaries["tpr_at_1pct_fpr_needs"] == 1000
+    assert everything["tpr_at_0_1pct_fpr"] is None  # 3,200 non-members: 10,000 needed
+    assert canaries["auc"] > ordinary["auc"]
+    assert ordinary["tpr_at_1pct_fpr"] is not None  # 2,880 non-members resolve 1%
     assert everything["nonmembers"] == N * P // 2
     for key in evidence.METRICS:
         if everything[key] is not None and everything[key + "_lo"] is not None:
@@ -86,10 +91,10 @@ def test_exposure_change_separates_a_reshuffle_from_the_noise_floor():
     moved = evidence.exposure_change(dense, reshuffled)
     assert floor.summary()["rank_correlation"] > 0.5
     assert moved.summary()["rank_correlation"] < 0.3
-    beyond = evidence.exposure_beyond_floor(moved, floor, n_bootstrap=300)
-    assert beyond["direction"] == "higher"
-    same = evidence.exposure_beyond_floor(floor, floor, n_bootstrap=300)
-    assert same["change"] == 0 and same["direction"] == "no clear change"
+    beyond = evidence.exposure_beyond_floor(dense, reshuffled)
+    assert beyond["reading"] == "higher"
+    same = evidence.exposure_beyond_floor(dense, dense)
+    assert same["change"] == 0 and same["reading"] == "equivalent"
 
 
 def test_class_spread_sees_one_leaky_class():
@@ -101,17 +106,7 @@ def test_class_spread_sees_one_leaky_class():
     assert (np.nanargmax(spread["per_class"], axis=1) == 2).all()
     even = evidence.class_spread(_zoo(np.full(P, 0.5), 6), classes)
     change = evidence.paired_target_change(even["spread"], spread["spread"])
-    assert change["direction"] == "higher" and change["units"] == N // 2
-
-
-def test_compose_verdict_takes_its_words_from_the_directions():
-    text = evidence.compose_verdict({
-        "a": {"direction": "lower", "subject": "ADMM pruning", "what": "the TPR"},
-        "b": {"direction": "no clear change", "subject": "Min-Max", "what": "the AUC"},
-    })
-    assert text == "ADMM pruning lowers the TPR. Min-Max does not measurably change the AUC."
-    with pytest.raises(UserError):
-        evidence.compose_verdict({"a": {"direction": "up", "subject": "x", "what": "y"}})
+    assert change["reading"] == "higher" and change["units"] == N // 2
 
 
 def test_take_targets_keeps_rows():
@@ -168,14 +163,12 @@ def test_a_reseeded_dense_zoo_does_not_change_exposure_beyond_the_floor():
     dense, reseeded = _zoo(signal, 10, noise=0.5), _zoo(signal, 11, noise=0.5)
     floor = evidence.exposure_change(dense, dense)
     moved = evidence.exposure_change(dense, reseeded)
-    beyond = evidence.exposure_beyond_floor(moved, floor, n_bootstrap=400)
-    assert beyond["direction"] == "no clear change", beyond
+    beyond = evidence.exposure_beyond_floor(dense, reseeded)
+    assert beyond["reading"] in ("equivalent", "inconclusive"), beyond
     assert beyond["low"] < 0 < beyond["high"]
-    shifted = evidence.ExposureChange(floor.before, floor.after + 0.1, floor.flagged_before,
-                                      floor.flagged_after)  # 0.1 more change on every example
-    more = evidence.exposure_beyond_floor(shifted, floor, n_bootstrap=200)
-    assert more["direction"] == "higher" and more["change"] == pytest.approx(
-        np.mean(np.abs(floor.after + 0.1 - floor.before) - np.abs(floor.after - floor.before)))
+    other = _zoo(rng.permutation(signal) * 3, 11, noise=0.5)  # other examples, more exposed
+    more = evidence.exposure_beyond_floor(dense, other)
+    assert more["reading"] == "higher" and more["change"] > 0.03
 
 
 def test_split_exposure_is_each_examples_membership_auc_over_those_targets():
@@ -229,10 +222,10 @@ def test_class_spread_names_the_planted_class_and_leaves_the_canaries_out():
 def test_paired_target_change_averages_within_pairs_and_finds_a_drop():
     before = np.linspace(0.2, 0.4, N)
     drop = evidence.paired_target_change(before, before - 0.05 - 0.001 * np.arange(N))
-    assert drop["direction"] == "lower" and drop["units"] == N // 2
+    assert drop["reading"] == "lower" and drop["units"] == N // 2
     assert drop["change"] == pytest.approx(-0.05 - 0.001 * np.arange(N).mean())
     same = evidence.paired_target_change(before, before[::-1])  # a reshuffle of the same values
-    assert same["direction"] == "no clear change"
+    assert same["reading"] in ("equivalent", "inconclusive") and same["low"] < 0 < same["high"]
 
 
 def test_targets_needed_does_not_round_floating_point_noise_up_a_pair():

@@ -141,9 +141,14 @@ def test_paired_difference_resamples_the_same_pairs_in_both_zoos(zoos, subset) -
         entry = got[key]["mean_over_targets"]
         assert (entry["mean"], entry["low"], entry["high"]) == pytest.approx(
             plain_t_interval(pair_means(per)), abs=1e-12), key
-    row = evidence.paired_row(a, b, "tpr_at_0_1pct_fpr", subset, n_bootstrap=B, seed=9)
-    key = "tpr_at_0_1pct_fpr"
-    assert (row["change"], row["low"], row["high"]) == (got[key]["pooled"], *got[key]["pooled_ci95"])
+    # evidence prints the pooled change; 4 pairs of targets are too few for an interval, and
+    # 8 x 120 non-members cannot resolve a TPR at 0.1% FPR (10,000 needed)
+    row = evidence.paired_row(a, b, "auc", subset, n_bootstrap=B, seed=9)
+    assert row["change"] == got["auc"]["pooled"]
+    assert (row["low"], row["high"], row["reading"]) == (None, None, "too few targets")
+    rate = evidence.paired_row(a, b, "tpr_at_0_1pct_fpr", subset, n_bootstrap=B, seed=9)
+    assert rate["change"] is None and rate["reading"] == "not resolved"
+    assert "10,000 non-members" in rate["note"]
 
 
 def test_a_zoo_minus_its_own_copy_is_zero_with_a_zero_interval(zoos) -> None:
@@ -153,41 +158,99 @@ def test_a_zoo_minus_its_own_copy_is_zero_with_a_zero_interval(zoos) -> None:
     for key in SUMMARY_KEYS:
         assert got[key]["pooled"] == 0 and got[key]["pooled_ci95"] == [0.0, 0.0], key
         assert got[key]["mean_over_targets"] == {"mean": 0.0, "low": 0.0, "high": 0.0}, key
-    assert evidence.paired_row(a, copy, "auc", n_bootstrap=B)["direction"] == "no clear change"
+    big = replace(a, scores=np.vstack([a.scores, a.scores]), thresholds=np.tile(a.thresholds, 2),
+                  membership=np.vstack([a.membership, a.membership]))
+    twin = replace(big, scores=big.scores.copy(), target_zoo="copy")
+    assert evidence.paired_row(big, twin, "auc", n_bootstrap=B)["reading"] == "equivalent"
 
 
 def test_evidence_pooled_row_prints_the_zoo_intervals(zoos) -> None:
     zs = zoos[0]
     row = evidence.pooled_row(zs, "ordinary", n_bootstrap=B, seed=4)
     got = zoo_metrics(zs, "ordinary", n_bootstrap=B, seed=4)["pooled"]
+    nonmembers = N * (P - CANARIES) // 2
+    assert row["nonmembers"] == nonmembers and row["targets"] == N
+    assert row["interval"].startswith("too few targets")  # 4 pairs: no interval printed
     for key in evidence.METRICS:
-        assert (row[key], row[key + "_lo"], row[key + "_hi"]) == (got[key], *got["ci95"][key]), key
-    assert row["nonmembers"] == N * (P - CANARIES) // 2 and row["targets"] == N
+        if key in RATES and RATES[key] * nonmembers < 10:
+            assert row[key] is None and row[key + "_needs"] == round(10 / RATES[key]), key
+        else:
+            assert row[key] == got[key], key
+        assert row[key + "_lo"] is None and row[key + "_hi"] is None, key
+    # with 8 pairs (the same targets twice over) the zoo's own interval is printed
+    big = replace(zs, scores=np.vstack([zs.scores, zs.scores]),
+                  thresholds=np.tile(zs.thresholds, 2),
+                  membership=np.vstack([zs.membership, zs.membership]))
+    row = evidence.pooled_row(big, "ordinary", n_bootstrap=B, seed=4)
+    got = zoo_metrics(big, "ordinary", n_bootstrap=B, seed=4)["pooled"]
+    assert row["interval"] == ""
+    assert (row["auc"], row["auc_lo"], row["auc_hi"]) == (got["auc"], *got["ci95"]["auc"])
 
 
 def test_paired_target_change_is_the_t_interval_of_the_pairs_means() -> None:
     rng = np.random.default_rng(5)
-    before, after = rng.normal(0.2, 0.05, N), rng.normal(0.25, 0.05, N)
+    before, after = rng.normal(0.2, 0.05, 2 * N), rng.normal(0.25, 0.05, 2 * N)
     got = evidence.paired_target_change(before, after)
     mean, low, high = plain_t_interval(pair_means(after - before))
     assert (got["change"], got["low"], got["high"]) == pytest.approx((mean, low, high), abs=1e-12)
-    assert got["units"] == N // 2 and got["direction"] == evidence.direction(low, high)
+    assert got["units"] == N and got["reading"] == evidence.reading(low, high, 0.01)
+    few = evidence.paired_target_change(before[:N], after[:N])  # 4 pairs: no interval
+    assert few["low"] is None and few["reading"] == "too few targets"
 
 
-def test_exposure_beyond_floor_is_a_bootstrap_over_examples() -> None:
+def by_hand_exposure(scores: np.ndarray, member: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each example's membership AUC over the targets ``rows`` (repeats counted), by hand."""
+    out = []
+    for e in range(scores.shape[1]):
+        s, m = scores[rows, e], member[rows, e].astype(bool)
+        ins, outs = s[m], s[~m]
+        wins = (ins[:, None] > outs[None, :]).mean() + 0.5 * (ins[:, None] == outs[None, :]).mean()
+        out.append(wins)
+    return np.array(out)
+
+
+def test_exposure_beyond_floor_leaves_out_pairs_of_targets() -> None:
+    """The interval comes from the pairs of targets (the independent units): a delete-one-pair
+    jackknife over each half, a second-half pair leaving the dense and the defended zoo together;
+    examples are never resampled, and the point estimate is the interval's centre."""
+    n, p = 16, 30
+    membership = lira_in_out_sets(p, n, 3).numpy().astype(bool)
     rng = np.random.default_rng(6)
-    change = evidence.ExposureChange(rng.uniform(0.4, 1, P), rng.uniform(0.4, 1, P),
-                                     np.zeros(P, bool), np.zeros(P, bool))
-    floor = evidence.ExposureChange(rng.uniform(0.4, 1, P), rng.uniform(0.4, 1, P),
-                                    np.zeros(P, bool), np.zeros(P, bool))
-    keep = np.arange(P) >= CANARIES
-    got = evidence.exposure_beyond_floor(change, floor, keep, n_bootstrap=B, seed=2)
-    d = (np.abs(change.after - change.before) - np.abs(floor.after - floor.before))[keep]
-    draws = np.random.default_rng(2).integers(0, len(d), size=(B, len(d)))
-    wanted = plain_interval([d[rows].mean() for rows in draws])
-    assert got["change"] == pytest.approx(d.mean(), abs=1e-12)
-    assert [got["low"], got["high"]] == pytest.approx(wanted, abs=1e-12)
-    assert got["examples"] == P - CANARIES
+    dense_scores = rng.normal(size=(n, p)) + rng.uniform(0, 2, p) * membership
+    defended_scores = rng.normal(size=(n, p)) + rng.uniform(0, 2, p) * membership
+    canary = np.zeros(p, bool)
+    dense = ZooScores("lira_online", "dense", "dense", dense_scores, np.zeros(n), membership, canary)
+    defended = replace(dense, scores=defended_scores, target_zoo="defended")
+    keep = np.arange(p) >= 5
+    got = evidence.exposure_beyond_floor(dense, defended, keep)
+    first, second = np.arange(n // 2), np.arange(n // 2, n)
+
+    def stat(rows_1, rows_2):
+        before = by_hand_exposure(dense_scores, membership, rows_1)[keep]
+        floor = by_hand_exposure(dense_scores, membership, rows_2)[keep]
+        after = by_hand_exposure(defended_scores, membership, rows_2)[keep]
+        return np.mean(np.abs(after - before)) - np.mean(np.abs(floor - before))
+
+    point = stat(first, second)
+    assert got["change"] == pytest.approx(point, abs=1e-12)
+    variance = 0.0
+    for half, other, first_half in ((first, second, True), (second, first, False)):
+        values = []
+        for k in range(len(half) // 2):
+            rest = np.delete(half, [2 * k, 2 * k + 1])
+            values.append(stat(rest, other) if first_half else stat(other, rest))
+        values = np.array(values)
+        variance += (len(values) - 1) / len(values) * ((values - values.mean()) ** 2).sum()
+    half_width = stats.t.ppf(0.975, n // 2 - 2) * np.sqrt(variance)
+    assert [got["low"], got["high"]] == pytest.approx([point - half_width, point + half_width],
+                                                      abs=1e-12)
+    assert got["low"] <= got["change"] <= got["high"]
+    assert got["examples"] == p - 5 and got["pairs"] == n // 2
+    assert got["reading"] == evidence.reading(got["low"], got["high"], evidence.MARGINS["auc"])
+    # 8 targets are 4 pairs: too few for an interval
+    few = evidence.exposure_beyond_floor(evidence.take_targets(dense, range(8)),
+                                         evidence.take_targets(defended, range(8)), keep)
+    assert few["low"] is None and few["reading"] == "too few targets"
 
 
 # --------------------------------------------------------------------------- one target

@@ -9,7 +9,8 @@ paths) and written atomically, so an interrupted run leaves every notebook whole
 
 Every run also records each chapter's wall time at its scale in ``book/run_times.json`` and
 rewrites the run-time table of ``book/intro.md`` (between its ``run-times`` markers) from it,
-so the times a reader sees are measured, never typed. ``--times-only`` measures without
+so the times a reader sees are measured, never typed; then ``tools/render_intro.py`` rewrites the
+intro's data table and warns of any value the intro pastes that no chapter glues. ``--times-only`` measures without
 storing outputs (how the ``ci`` times are taken).
 """
 
@@ -149,6 +150,16 @@ def execute(path: Path, timeout: int, store: bool = True) -> float:
     return elapsed
 
 
+def _render_intro():
+    """``tools/render_intro.py`` (the intro's data table), loaded beside this file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_intro", Path(__file__).with_name("render_intro.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
@@ -163,6 +174,7 @@ def main() -> int:
     # for the tests): with Agg, plt.show() draws nothing and the stored chapters lose their figures.
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     scale = os.environ.get("MCMIA_SCALE", "book")
+    render_intro = _render_intro()
     for path in args.notebooks:  # every notebook read before the first one runs
         try:
             nbformat.read(path, as_version=4)
@@ -182,6 +194,9 @@ def main() -> int:
         times = record_time(times, scale, path.stem, elapsed)
         save_times(times)
         update_intro(INTRO, times)
+        render_intro.update_intro(INTRO)  # the data table; the box's values are glued
+        for problem in render_intro.missing_glue(INTRO):
+            print(f"warning: {problem}", file=sys.stderr, flush=True)
     return 0
 
 

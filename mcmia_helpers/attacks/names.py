@@ -51,6 +51,39 @@ THREAT_MODELS: dict[str, str] = {
     "rmia_offline_aware": "as rmia_offline, with reference models trained with the target's defence",
 }
 
+#: The name a reader sees in tables, figures and prose for each attack (the code's names stay in
+#: the command line and the records).
+PLAIN_NAMES: dict[str, str] = {
+    "shadow_top3": "shadow-model attack (top-3 posteriors)",
+    "shadow_label": "shadow-model attack (with labels)",
+    "nasr_inference": "Nasr's inference attack",
+    "loss": "loss threshold",
+    "confidence": "confidence threshold",
+    "entropy": "entropy threshold",
+    "modified_entropy": "modified-entropy threshold",
+    "correctness": "correctness",
+    "lira_online": "LiRA online",
+    "lira_offline": "LiRA offline",
+    "rmia_online": "RMIA online",
+    "rmia_offline": "RMIA offline",
+    "lira_online_aware": "LiRA online, defence-aware",
+    "lira_offline_aware": "LiRA offline, defence-aware",
+    "rmia_online_aware": "RMIA online, defence-aware",
+    "rmia_offline_aware": "RMIA offline, defence-aware",
+}
+
+
+def plain_name(attack: str) -> str:
+    """The reader's name of ``attack`` (:data:`PLAIN_NAMES`); an unknown name is returned as is."""
+    return PLAIN_NAMES.get(attack, attack)
+
+
+def aware_form(attack: str) -> str:
+    """The defence-aware form of a reference-model attack (``rmia_offline`` ->
+    ``rmia_offline_aware``); other attacks, and aware names, are returned unchanged."""
+    return f"{attack}_aware" if attack in REFERENCE_ATTACKS else attack
+
+
 # --------------------------------------------------------------------------- names
 
 
