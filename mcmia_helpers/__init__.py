@@ -36,7 +36,7 @@ from mcmia_helpers.version import __version__
 #: The subpackages and modules reachable as attributes (``mcmia_helpers.grid``), imported on
 #: first use (PEP 562): ``import mcmia_helpers`` alone, or the command line's argument parsing,
 #: imports no torch, so a typo is answered in a fraction of a second.
-_SUBMODULES = ("attacks", "choices", "context", "data", "defences", "experiments", "explorer",
+_SUBMODULES = ("attacks", "choices", "context", "data", "defences", "evidence", "experiments", "explorer",
                "exposure", "grid", "io", "metrics", "models", "notebook", "plots", "scales",
                "shadow", "training", "verdicts", "zoo")
 

@@ -33,12 +33,12 @@ from mcmia_helpers.metrics import mean_interval, per_class_auc
 from mcmia_helpers.zoo.evaluate import (ZooScores, _subset_columns, _unit_means,
                                         example_exposure, paired_difference, zoo_metrics)
 
-#: The pooled metrics a chapter reports, low-FPR first, with their plain names.
+#: The pooled metrics a chapter reports, AUC and the low-FPR rates first, attack accuracy last.
 METRICS: dict[str, str] = {
+    "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR @ 1% FPR",
     "tpr_at_0_1pct_fpr": "TPR @ 0.1% FPR",
     "tpr_at_0_01pct_fpr": "TPR @ 0.01% FPR",
-    "tpr_at_1pct_fpr": "TPR @ 1% FPR",
-    "auc": "AUC",
     "accuracy_calibrated": "accuracy (calibrated)",
     "accuracy_oracle": "accuracy (oracle)",
 }
@@ -178,8 +178,11 @@ def pooled_row(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200,
     for key in METRICS:
         ci = m["pooled"]["ci95"].get(key) if enough else None
         if resolves(key, nonmembers):
-            row[key] = m["pooled"][key]
-            row[key + "_lo"], row[key + "_hi"] = (ci if ci else (None, None))
+            row[key] = value = m["pooled"][key]
+            low, high = ci if ci else (None, None)
+            if low is not None and value is not None and not low - 1e-12 <= value <= high + 1e-12:
+                low = high = None  # an interval that excludes its estimate is not printed
+            row[key + "_lo"], row[key + "_hi"] = low, high
         else:
             row[key] = row[key + "_lo"] = row[key + "_hi"] = None
             row[key + "_needs"] = nonmembers_needed(key)
@@ -226,7 +229,14 @@ def paired_rows(a: ZooScores, b: ZooScores, subset: str = "all", n_bootstrap: in
                 row |= {"reading": "too few targets", "note": too_few_targets(n)}
             else:
                 low, high = entry["pooled_ci95"] or (None, None)
-                row |= {"low": low, "high": high, "reading": reading(low, high, MARGINS[metric])}
+                if low is not None and not low - 1e-12 <= row["change"] <= high + 1e-12:
+                    # A percentile interval that excludes its own estimate: the statistic jumps
+                    # between a few false positives; no reading rests on it.
+                    row |= {"reading": "not resolved",
+                            "note": "estimate outside its bootstrap interval: not read"}
+                else:
+                    row |= {"low": low, "high": high,
+                            "reading": reading(low, high, MARGINS[metric])}
         rows.append(row)
     return rows
 
@@ -344,18 +354,26 @@ class ExposureChange:
     def summary(self, subset: np.ndarray | None = None) -> dict[str, float]:
         """Mean absolute change of exposure, its rank correlation, and how many examples are
         flagged (by at least half the targets that trained on them) only after / only before."""
-        from scipy.stats import spearmanr
-
         keep = np.ones(len(self.before), dtype=bool) if subset is None else np.asarray(subset, bool)
         b, a = self.before[keep], self.after[keep]
         fb, fa = self.flagged_before[keep], self.flagged_after[keep]
         union = (fb | fa).sum()
         return {"examples": int(keep.sum()), "mean_abs_change": float(np.abs(a - b).mean()),
                 "mean_change": float((a - b).mean()),
-                "rank_correlation": float(spearmanr(b, a).statistic) if keep.sum() > 2 else math.nan,
+                "rank_correlation": _rank_correlation(b, a),
                 "flagged_before": int(fb.sum()), "flagged_after": int(fa.sum()),
                 "newly_exposed": int((fa & ~fb).sum()), "no_longer_exposed": int((fb & ~fa).sum()),
                 "jaccard": float((fb & fa).sum() / union) if union else math.nan}
+
+
+def _rank_correlation(before: np.ndarray, after: np.ndarray) -> float:
+    """Spearman's rank correlation, NaN where it is not defined (fewer than 3 examples, or one
+    side constant, as for canaries that every model fits perfectly)."""
+    from scipy.stats import spearmanr
+
+    if len(before) < 3 or np.ptp(before) == 0 or np.ptp(after) == 0:
+        return math.nan
+    return float(spearmanr(before, after).statistic)
 
 
 def split_exposure(zs: ZooScores, rows: Sequence[int], fpr: float = 0.001) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,12 @@ interval in one cell, no index numbers, and narrow enough for the page. ``check_
 what a chapter's hidden claim cell calls: every number and sentence glued into the prose must
 equal the entry of the table it summarises (issue 22: a verdict computed from other scores than
 the prose names passed when it was only checked against its own interval).
+
+Chapter 5 adds the like-for-like tables over seeds: :func:`interval_text` (a value and its
+interval in one cell that never wraps), :func:`change_table` and :func:`change_phrase` (each
+defence minus its reference, from :func:`mcmia_helpers.exposure.seed_changes`, with its reading)
+and :func:`summary_table` (the paper's kind of table, from
+:func:`mcmia_helpers.exposure.seed_summary`).
 """
 
 from __future__ import annotations
@@ -152,13 +158,15 @@ def format_value(value: Any, *, percent: bool = False, digits: int | None = None
 
 def paper_table(frame: "pd.DataFrame", *, columns: Mapping[str, str] | None = None,
                 percent: Iterable[str] = (), intervals: Mapping[str, tuple[str, str]] | None = None,
-                digits: Mapping[str, int] | None = None, caption: str | None = None) -> "Styler":
+                digits: Mapping[str, int] | None = None, caption: str | None = None,
+                nowrap: Iterable[str] = ()) -> "Styler":
     """``frame`` shown as a paper's table (the chapters end their tables with it).
 
     ``intervals`` maps a value column to its (low, high) columns, which are folded into the
     value's cell and dropped; ``percent`` lists the columns that are rates (shown in percent);
     ``digits`` sets decimals per column; ``columns`` renames columns to plain language (applied
-    last). A named index becomes the first column(s); index numbers are never shown; columns
+    last); ``nowrap`` lists columns (by their shown names) whose cells never wrap. A named
+    index becomes the first column(s); index numbers are never shown; columns
     with several levels are joined with ", ". Numbers are right-aligned, text left-aligned.
     Returns a pandas ``Styler`` that renders as HTML with wrapped headers and text, so the
     table fits the page without horizontal scrolling.
@@ -201,6 +209,9 @@ def paper_table(frame: "pd.DataFrame", *, columns: Mapping[str, str] | None = No
     ])
     if text_columns:
         styler = styler.set_properties(subset=text_columns, **{"text-align": "left"})
+    wide = [c for c in nowrap if c in out.columns]
+    if wide:
+        styler = styler.set_properties(subset=wide, **{"white-space": "nowrap"})
     if caption:
         styler = styler.set_caption(caption)
     return styler
@@ -210,27 +221,178 @@ def attack_table(results: Mapping[str, Mapping[str, Any]], *, caption: str | Non
                  label: str = "attack") -> "Styler":
     """The attacks of one target as a paper's table (``results``: ``{attack: attack_metrics}``).
 
-    Columns, most telling first: AUC, TPR at 1% and 0.1% FPR (each with its 95% interval), the
+    Columns, most telling first: AUC, TPR at 1% and 0.1% FPR (each with its 95% interval, and
+    only where the target's non-members allow at least ten false positives; elsewhere the cell
+    says how many non-members the rate would need), the
     attack accuracy at the attacker's calibrated threshold (``-`` where the attack has none)
     and the best accuracy any threshold could reach on these labels (the oracle's,
     ``0.5 + advantage / 2``: an upper bound no real attacker attains).
     """
     import pandas as pd
 
+    from mcmia_helpers.attacks.names import plain_name
+
     rows = []
     for name, m in results.items():
         ci = m.get("ci95", {})
         calibrated = m.get("threshold_kind") == "calibrated"
+        rates = {}
+        for key, title, fpr in (("tpr_at_1pct_fpr", "TPR at 1% FPR", 0.01),
+                                ("tpr_at_0_1pct_fpr", "TPR at 0.1% FPR", 0.001)):
+            nonmembers = m.get("n_nonmembers")
+            if nonmembers is not None and fpr * nonmembers < 10 - 1e-9:  # < 10 false positives
+                rates[title] = f"needs {int(round(10 / fpr)):,} non-members"
+            else:
+                rates[title] = format_value(m[key], percent=True, interval=ci.get(key))
         rows.append({
-            label: name,
+            label: plain_name(name),
             "AUC": format_value(m["auc"], interval=ci.get("auc")),
-            "TPR at 1% FPR": format_value(m["tpr_at_1pct_fpr"], percent=True,
-                                          interval=ci.get("tpr_at_1pct_fpr")),
-            "TPR at 0.1% FPR": format_value(m["tpr_at_0_1pct_fpr"], percent=True,
-                                            interval=ci.get("tpr_at_0_1pct_fpr")),
+            **rates,
             "accuracy, calibrated threshold": format_value(m["accuracy"] if calibrated else None,
                                                            percent=True),
             "accuracy, best threshold (oracle)": format_value(0.5 + m["advantage"] / 2,
                                                               percent=True),
         })
     return paper_table(pd.DataFrame(rows), caption=caption)
+
+
+# --- Chapter 5: like-for-like tables over seeds ----------------------------------------------
+
+#: A non-breaking space and the minus sign: an interval cell never wraps onto two lines.
+NBSP = "\u00a0"
+MINUS = "\u2212"
+
+#: Plain names of the measures chapter 5 tables (rates in percentage points, AUC as a number).
+MEASURE_NAMES: dict[str, str] = {
+    "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR at 1% FPR (points)",
+    "tpr_at_0_1pct_fpr": "TPR at 0.1% FPR (points)",
+    "accuracy_calibrated": "attack accuracy, calibrated (points)",
+    "accuracy_oracle": "attack accuracy, oracle (points)",
+    "test_acc": "test accuracy (%)",
+}
+
+#: Plain names of the grid's defences (the records' ``defense`` field).
+DEFENCE_NAMES: dict[str, str] = {"none": "baseline", "prune": "ADMM pruning",
+                                 "minmax": "Min-Max", "prune+minmax": "ADMM pruning & Min-Max",
+                                 "dp": "DP-SGD"}
+
+#: Plain names of the book's architectures.
+ARCH_NAMES: dict[str, str] = {"lenet5": "LeNet-5", "vgg16": "VGG16", "mobilenetv2": "MobileNetV2",
+                              "resnet18": "ResNet18"}
+
+
+def _number(value: float, digits: int, signed: bool) -> str:
+    if round(value, digits) == 0:
+        value = 0.0  # no "-0.0"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return text.replace("-", MINUS)
+
+
+def interval_text(value: float | None, low: float | None = None, high: float | None = None, *,
+                  points: bool = False, digits: int | None = None, signed: bool = False) -> str:
+    """One value with its 95% interval as one unbreakable cell: ``"+0.012 [−0.005, +0.029]"``.
+
+    ``points`` shows a fraction in percentage points (times 100, one decimal by default; AUC
+    keeps three). Spaces are non-breaking and minus signs are U+2212, so a table cell never
+    wraps the interval onto a second line. A missing value is ``"-"``; a value without an
+    interval is printed alone."""
+    if _is_missing(value):
+        return "-"
+    scale = 100.0 if points else 1.0
+    d = (1 if points else 3) if digits is None else digits
+    text = _number(scale * float(value), d, signed)
+    if not (_is_missing(low) or _is_missing(high)):
+        text += (f"{NBSP}[{_number(scale * float(low), d, signed)},{NBSP}"
+                 f"{_number(scale * float(high), d, signed)}]")
+    return text
+
+
+def change_cell(row: Mapping[str, Any], metric: str, needed: int | None = None) -> str:
+    """The change column of :func:`change_table` for one row of
+    :func:`mcmia_helpers.exposure.seed_changes`: the change with its interval over seeds, or
+    why there is none (too few non-members for the rate: ``"- (500 of 1,000 non-members)"``
+    with ``needed``; too few seeds for an interval)."""
+    if not row["resolved"]:
+        have = f"{row['nonmembers']:,}" + (f" of {needed:,}" if needed else "")
+        return f"- ({have} non-members)"
+    text = interval_text(row["change"], row["low"], row["high"], points=metric != "auc",
+                         signed=True)
+    if _is_missing(row["low"]):
+        text += f" (no interval: {row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+    return text
+
+
+def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = None) -> "pd.DataFrame":
+    """Chapter 5's like-for-like table, from :func:`mcmia_helpers.exposure.seed_changes`.
+
+    One row per architecture, comparison and measure, in that order: the change (defence minus
+    reference, seed by seed) with its 95% interval over seeds, its reading, and, on the first
+    row of each comparison, the seeds, the test-accuracy change that pays
+    for it (points, with its interval) and the compression. ``needed`` (measure -> non-members
+    it needs, :func:`mcmia_helpers.evidence.nonmembers_needed`) completes the cells of
+    unresolved rates. Plain names everywhere; every cell is text, ready for :func:`paper_table`.
+    """
+    import pandas as pd
+
+    needed = dict(needed or {})
+    rows = []
+    for _, group in changes.groupby(["arch", "defense", "reference"], sort=False):
+        for i, (_, r) in enumerate(group.iterrows()):
+            first = i == 0
+            cell = change_cell(r, r["metric"], needed.get(r["metric"]))
+            rows.append({
+                "architecture": ARCH_NAMES.get(r["arch"], r["arch"]) if first else "",
+                "comparison": (f"{DEFENCE_NAMES.get(r['defense'], r['defense'])} − "
+                               f"{DEFENCE_NAMES.get(r['reference'], r['reference'])}") if first else "",
+                "seeds": str(int(r["seeds"])) if first else "",
+                "measure": MEASURE_NAMES[r["metric"]].replace(" (points)", ""),
+                "change [95% interval]": cell,
+                "reading": r["reading"],
+                "test accuracy change (points)": interval_text(
+                    r["test_change"], r["test_low"], r["test_high"], points=True, signed=True)
+                if first else "",
+                "compression": f"{r['compression']:.1f}x" if first else "",
+            })
+    return pd.DataFrame(rows)
+
+
+def summary_table(summary: "pd.DataFrame", measures: Sequence[str]) -> "pd.DataFrame":
+    """The paper's kind of table from :func:`mcmia_helpers.exposure.seed_summary`: one row per
+    architecture and defence, each measure's mean over seeds with its 95% interval (rates in
+    percent), ``-`` where a rate is not resolved; seeds, compression and privacy budget."""
+    import pandas as pd
+
+    rows = []
+    for _, r in summary.iterrows():
+        row = {"architecture": ARCH_NAMES.get(r["arch"], r["arch"]),
+               "defence": DEFENCE_NAMES.get(r["defense"], r["defense"]), "seeds": str(int(r["seeds"]))}
+        for m in measures:
+            name = MEASURE_NAMES[m].replace(" (points)", " (%)")
+            row[name] = interval_text(r[m], r[f"{m}_low"], r[f"{m}_high"], points=m != "auc")
+        row["compression"] = f"{r['compression']:.1f}x"
+        row["ε"] = "-" if math.isinf(r["epsilon"]) else f"{r['epsilon']:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def change_phrase(row: Mapping[str, Any], needed: Mapping[str, int] | None = None, *,
+                  test: bool = False) -> str:
+    """One row of :func:`mcmia_helpers.exposure.seed_changes` as the prose says it:
+    ``"+10.2 [+4.3, +16.0] points, higher"`` (AUC without a unit), ``"not resolved (500
+    non-members per run, 1,000 needed)"``, or with ``test`` the test-accuracy change of the row's
+    comparison (``"-8.3 [-16.0, -0.6] points"``). Numbers as in :func:`change_table`."""
+    if test:
+        return interval_text(row["test_change"], row["test_low"], row["test_high"], points=True,
+                             signed=True) + " points"
+    metric = row["metric"]
+    if not row["resolved"]:
+        need = (needed or {}).get(metric)
+        return (f"not resolved ({row['nonmembers']:,} non-members per run"
+                + (f", {need:,} needed)" if need else ")"))
+    text = interval_text(row["change"], row["low"], row["high"], points=metric != "auc", signed=True)
+    if metric != "auc":
+        text += " points"
+    if _is_missing(row["low"]):
+        text += f" (no interval: {row['seeds']} seed{'s' if row['seeds'] != 1 else ''})"
+    return f"{text}, {row['reading']}"

@@ -207,7 +207,8 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
                  metrics: Sequence[str]) -> "plt.Figure":
     """Changes with their intervals, one panel per metric on its own scale, ordinary examples and
     canaries side by side, the metric's equivalence margin shaded around zero. Rows without an
-    interval are drawn as open points; rows without a change are left out."""
+    interval (too few targets) are drawn as open points; rows without a change (a rate the
+    non-members do not resolve) are left out."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.5 + 0.55 * len(comparisons)),
@@ -218,6 +219,7 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
         ax.axvspan(-margin, margin, color="0.9", label="equivalence margin")
         ax.axvline(0, color="grey", lw=1)
         for j, subset in enumerate(("ordinary", "canaries")):
+            ax.plot([], [], "o", color=f"C{j}", label=subset)  # one legend entry per subset
             part = table[(table.metric == metric) & (table.examples == subset)]
             for k, label in enumerate(comparisons):
                 row = part[part.comparison == label]
@@ -228,8 +230,7 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
                 if r["low"] is not None and not np.isnan(r["low"]):
                     ax.errorbar(scale * r["change"], y, capsize=3, fmt="o", color=f"C{j}",
                                 xerr=[[scale * (r["change"] - r["low"])],
-                                      [scale * (r["high"] - r["change"])]],
-                                label=subset if k == 0 else None)
+                                      [scale * (r["high"] - r["change"])]])
                 else:
                     ax.plot(scale * r["change"], y, "o", mfc="white", color=f"C{j}")
         ax.set_title(SHORT[metric], fontsize=10)

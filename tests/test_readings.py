@@ -124,3 +124,19 @@ def test_plain_names_cover_every_attack() -> None:
     assert plain_name("rmia_offline") == "RMIA offline"
     assert aware_form("rmia_offline") == "rmia_offline_aware" and aware_form("loss") == "loss"
     assert aware_form("lira_online_aware") == "lira_online_aware"
+
+
+def test_an_interval_that_excludes_its_estimate_is_not_read(monkeypatch) -> None:
+    dense, weaker = _zoo(16, 1500, 1.0, 1), _zoo(16, 1500, 0.4, 1)
+    real = evidence.paired_difference
+
+    def shifted(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["auc"]["pooled_ci95"] = [out["auc"]["pooled"] + 0.01, out["auc"]["pooled"] + 0.02]
+        return out
+
+    monkeypatch.setattr(evidence, "paired_difference", shifted)
+    row = evidence.paired_row(weaker, dense, "auc", "ordinary", n_bootstrap=50)
+    assert row["reading"] == "not resolved" and row["low"] is None
+    assert "outside its bootstrap interval" in row["note"]
+    assert evidence.format_change(row).startswith(f"{row['change']:+.3f} (estimate outside")
