@@ -64,7 +64,10 @@ from mcmia_helpers.scales import get_scale
 from mcmia_helpers.validation import (MAX_GRID_CELLS, check_imagenet_root, check_seed,
                                       check_sparsity_spec_file, load_grid_text, read_input_file)
 
-#: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``).
+#: The folder of the grids shipped with the package (``ci``, ``book`` and ``paper``): the
+#: ``configs`` folder next to this module, wherever the package is installed.
+#:
+#: :meta hide-value:
 BUNDLED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 def bundled_names() -> list[str]:

@@ -211,9 +211,13 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
     non-members do not resolve) are left out."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.0 * len(metrics), 0.5 + 0.55 * len(comparisons)),
+    rows = (len(metrics) + 1) // 2  # two panels a row, as every figure of the book
+    fig, axes = plt.subplots(rows, 2, figsize=(10.0, rows * (0.9 + 0.45 * len(comparisons))),
                              sharey=True, squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    flat = axes.ravel()
+    for ax in flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(flat, metrics):
         scale = 100.0 if metric in evidence.IN_POINTS else 1.0
         margin = scale * evidence.MARGINS[metric]
         ax.axvspan(-margin, margin, color="0.9", label="equivalence margin")
@@ -236,9 +240,9 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
         ax.set_title(SHORT[metric], fontsize=10)
         ax.set_xlabel("change, points" if scale == 100 else "change")
         ax.locator_params(axis="x", nbins=4)
-    axes[0][0].set_yticks(np.arange(len(comparisons)), comparisons, fontsize=8)
-    axes[0][0].invert_yaxis()
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    flat[0].set_yticks(np.arange(len(comparisons)), comparisons, fontsize=8)
+    flat[0].invert_yaxis()
+    flat[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 

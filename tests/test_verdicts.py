@@ -105,7 +105,7 @@ def test_plot_changes_draws_the_margin_and_the_intervals() -> None:
     fig = verdicts.plot_changes(table[table.attacker == "aware"],
                                 ["ADMM 90% − dense", "ADMM 90% − dense, as long"],
                                 ["auc", "tpr_at_1pct_fpr"])
-    auc_ax, tpr_ax = fig.axes
+    auc_ax, tpr_ax = fig.axes  # two panels a row
     band = [p for p in auc_ax.patches if p.get_label() == "equivalence margin"][0]
     x0, x1 = sorted(band.get_path().transformed(band.get_patch_transform()).vertices[:, 0])[::3]
     assert (x0, x1) == pytest.approx((-0.01, 0.01))

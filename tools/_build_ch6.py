@@ -65,6 +65,7 @@ comparison is paired target by target and example by example.
   what structured and unstructured pruning buy.
 """)
 code(setup_src, tags=("nbval-ignore-output", "hide-input"))
+cells[-1].metadata = dict(nb.cells[1].metadata)
 md("## Parameters")
 code(r'''
 SCALE = notebook_scale()  # "ci", "book" or "paper"
@@ -497,8 +498,8 @@ BOX = mh.verdicts.box_table(TABLE, list(FAMILIES))
 glue(
     "ch6_box",
     BOX.style.hide(axis="index").set_caption(
-        f"defence-aware {plain_name(DECIDER)}, ordinary examples: change [95% interval] "
-        "reading; rates and accuracy in points"
+        f"defence-aware {plain_name(DECIDER)}, ordinary examples: change "
+        "[95% interval] reading; rates and accuracy in points"
     ),
     display=False,
 )
@@ -803,7 +804,7 @@ for (family, label, attacker), v in VERDICTS.iterrows():
     assert v["verdict"] == evidence.verdict_word(part["reading"]), (family, label)
 assert ANSWER == mh.verdicts.answer_sentence(HEADLINE_WORDS, list(FAMILIES))
 assert BOX.equals(mh.verdicts.box_table(TABLE, list(FAMILIES)))
-# "the setting that tools/dp_equal_utility.py found": the parameter is the record's choice.
+# "the setting that tools/dp_equal_utility.py found": the record's choice.
 RECORD = Path("..") / "results" / "dp_equal_utility.json"
 if RECORD.exists():
     chosen = json.loads(RECORD.read_text())["chosen"]["params"]
