@@ -9,12 +9,18 @@ measures how unevenly classes leak (:func:`class_auc_spread`, the class-wise div
 Yuan and Zhang (2022) found pruning to widen), pools scores over seeds for low-FPR metrics
 (:func:`pool_scores`), and turns per-seed differences into an interval and a one-word
 direction (:func:`paired_change`). Chapter 6 uses all of them.
+
+Chapter 5 reads a grid's records seed by seed: :func:`seed_runs` (the deciding attack's
+measures per run, the attack chosen once on the undefended model from
+:func:`undefended_metrics`), :func:`seed_changes` (each defence minus its reference, paired by
+seed, with an interval over seeds and one of four readings) and :func:`seed_summary`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -201,3 +207,168 @@ def paired_change(before: Sequence[float], after: Sequence[float], confidence: f
         direction = "no clear change"
     return {"mean": mean, "lo": lo, "hi": hi, "n": int(diff.size), "direction": direction,
             "per_seed": [float(d) for d in diff]}
+
+
+# --- Chapter 5: a grid's runs, seed by seed -------------------------------------------------
+
+#: The per-run measures chapter 5 compares between defences, in table order (keys of
+#: :data:`mcmia_helpers.evidence.METRICS`). TPR at 0.1% FPR is left out: a run of the book grid
+#: has at most 1,000 non-members, and 0.1% of them is one false positive.
+SEED_METRICS: tuple[str, ...] = ("auc", "tpr_at_1pct_fpr", "accuracy_calibrated", "accuracy_oracle")
+
+#: An interval over seeds needs at least this many seeds: Student's t with one degree of freedom
+#: (two seeds) is 12.7 standard errors wide on each side, an interval that says nothing.
+MIN_SEEDS = 3
+
+
+def run_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """One attack's measures on one run (an entry of a grid record's ``attacks``), as fractions.
+
+    ``accuracy_calibrated`` is the accuracy at the threshold the attacker calibrated on shadow
+    models (NaN where the attack has no calibrated threshold); ``accuracy_oracle`` the best
+    accuracy any threshold reaches on these labels (``0.5 + advantage / 2`` where a record
+    predates the field)."""
+    calibrated = result.get("threshold_kind") == "calibrated"
+    oracle = result.get("accuracy_oracle")
+    return {"auc": float(result["auc"]),
+            "tpr_at_1pct_fpr": float(result["tpr_at_1pct_fpr"]),
+            "tpr_at_0_1pct_fpr": float(result["tpr_at_0_1pct_fpr"]),
+            "accuracy_calibrated": float(result["accuracy"]) if calibrated else math.nan,
+            "accuracy_oracle": float(0.5 + result["advantage"] / 2 if oracle is None else oracle)}
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else math.nan
+
+
+def undefended_metrics(records: Sequence[Mapping[str, Any]], arch: str
+                       ) -> tuple[dict[str, dict[str, float]], int]:
+    """Every attack's measures on the *undefended* runs of ``arch`` (mean over seeds), and the
+    non-members of one run (the smallest count): what
+    :func:`mcmia_helpers.evidence.choose_decider` needs to choose the deciding attack once,
+    before any defence is looked at."""
+    runs = [r for r in records if r["arch"] == arch and r["defense"] == "none"]
+    if not runs:
+        raise UserError(f"no undefended run of {arch}: the grid needs {{defense: none}} for it")
+    attacks = sorted(set.intersection(*(set(r["attacks"]) for r in runs)))
+    rows = {}
+    for attack in attacks:
+        per_seed = [run_metrics(r["attacks"][attack]) for r in runs]
+        rows[attack] = {k: _nanmean([m[k] for m in per_seed]) for k in per_seed[0]}
+    nonmembers = min(int(r["attacks"][a]["n_nonmembers"]) for r in runs for a in attacks)
+    return rows, nonmembers
+
+
+def seed_runs(records: Sequence[Mapping[str, Any]], deciders: Mapping[str, str]) -> "pd.DataFrame":
+    """One row per run of a grid: architecture, defence, seed, the deciding attack of its
+    architecture (``deciders``: architecture -> attack, chosen on the undefended model) and that
+    attack's :data:`SEED_METRICS`, the test accuracy, compression ratio, privacy budget, how the
+    attacker calibrated (``calibration`` of the record) and the run's non-member count."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        attack = deciders[r["arch"]]
+        if attack not in r["attacks"]:
+            raise UserError(f"{r['cell_id']} has no '{attack}' scores: rerun the grid with it")
+        result = r["attacks"][attack]
+        rows.append({"arch": r["arch"], "defense": r["defense"], "seed": int(r["seed"]),
+                     "attack": attack, "test_acc": float(r["test_acc"]),
+                     "compression": float(r.get("compression_ratio") or 1.0),
+                     "epsilon": float(r.get("epsilon") or math.inf),
+                     "calibration": r.get("calibration"), "nonmembers": int(result["n_nonmembers"]),
+                     **run_metrics(result)})
+    frame = pd.DataFrame(rows)
+    if frame.duplicated(["arch", "defense", "seed"]).any():
+        raise UserError("two records of one architecture, defence and seed: keep one per seed")
+    return frame
+
+
+def seed_interval(values: Sequence[float], min_seeds: int = MIN_SEEDS,
+                  bounds: tuple[float, float] | None = None) -> dict[str, float | int | None]:
+    """Mean of per-seed ``values`` with a 95% Student-t interval over seeds, or no interval
+    (``low``/``high`` None) with fewer than ``min_seeds`` seeds; ``bounds`` clips the interval
+    to a measure's range (``(0, 1)`` for a rate; a change can be negative and is not clipped)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": math.nan, "low": None, "high": None, "seeds": 0}
+    if v.size < min_seeds:
+        return {"mean": float(v.mean()), "low": None, "high": None, "seeds": int(v.size)}
+    mean, low, high = mean_interval(v, bounds=bounds)
+    return {"mean": float(mean), "low": float(low), "high": float(high), "seeds": int(v.size)}
+
+
+def seed_changes(runs: "pd.DataFrame", comparisons: Sequence[tuple[str, str]], *,
+                 margins: Mapping[str, float], read: Callable[[float | None, float | None, float], str],
+                 resolves: Callable[[str, int], bool],
+                 metrics: Sequence[str] = SEED_METRICS) -> "pd.DataFrame":
+    """Chapter 5's like-for-like comparison: for every architecture and every ``(defence,
+    reference)`` pair of ``comparisons`` that its runs hold, ``defence - reference`` seed by seed
+    (same seed, same members) in each of ``metrics``, with its interval over seeds
+    (:func:`seed_interval`) and a reading ``read(low, high, margins[metric])`` (pass
+    :func:`mcmia_helpers.evidence.reading` and :data:`~mcmia_helpers.evidence.MARGINS`).
+
+    A metric that ``resolves(metric, non-members of one run)`` rejects (a TPR at 1% FPR from
+    500 non-members: five false positives) gets no number (NaN) and the reading
+    ``"not resolved"``; with fewer than :data:`MIN_SEEDS` seeds ``low`` and ``high`` are NaN.
+    The test-accuracy change (the cost) and the defended runs' mean compression come beside
+    every row. Returns one row per architecture, comparison and metric: ``arch, defense,
+    reference, attack, metric, change, low, high, seeds, nonmembers, resolved, reading,
+    test_change, test_low, test_high, compression, calibration``."""
+    import pandas as pd
+
+    rows = []
+    for arch in dict.fromkeys(runs["arch"]):
+        part = runs[runs["arch"] == arch]
+        for defense, reference in comparisons:
+            after, before = part[part["defense"] == defense], part[part["defense"] == reference]
+            pair = after.merge(before, on="seed", suffixes=("", "_ref"))
+            if pair.empty:
+                continue
+            test = seed_interval(pair["test_acc"] - pair["test_acc_ref"])
+            nonmembers = int(min(pair["nonmembers"].min(), pair["nonmembers_ref"].min()))
+            common = {"arch": arch, "defense": defense, "reference": reference,
+                      "attack": pair["attack"].iloc[0], "seeds": int(len(pair)),
+                      "nonmembers": nonmembers, "test_change": _nan(test["mean"]),
+                      "test_low": _nan(test["low"]), "test_high": _nan(test["high"]),
+                      "compression": float(pair["compression"].mean()),
+                      "calibration": "; ".join(sorted({str(c) for c in pair["calibration"]}))}
+            for metric in metrics:
+                resolved = bool(resolves(metric, nonmembers))
+                change = seed_interval(pair[metric] - pair[metric + "_ref"]) if resolved else \
+                    {"mean": None, "low": None, "high": None}
+                reading = read(change["low"], change["high"], margins[metric]) if resolved \
+                    else "not resolved"
+                rows.append(common | {"metric": metric, "change": _nan(change["mean"]),
+                                      "low": _nan(change["low"]), "high": _nan(change["high"]),
+                                      "resolved": resolved, "reading": reading})
+    return pd.DataFrame(rows)
+
+
+def _nan(value: float | None) -> float:
+    """A missing number as NaN (what a table column holds), never None."""
+    return math.nan if value is None else float(value)
+
+
+def seed_summary(runs: "pd.DataFrame", resolves: Callable[[str, int], bool],
+                 metrics: Sequence[str] = SEED_METRICS) -> "pd.DataFrame":
+    """One row per architecture and defence: the mean over seeds of test accuracy and of the
+    deciding attack's ``metrics`` with intervals over seeds (:func:`seed_interval`; a metric
+    that ``resolves`` rejects for one run's non-members is NaN), plus seeds, compression and
+    privacy budget. Columns ``<name>``, ``<name>_low``, ``<name>_high`` per measure."""
+    import pandas as pd
+
+    rows = []
+    for (arch, defense), part in runs.groupby(["arch", "defense"], sort=False):
+        row: dict[str, Any] = {"arch": arch, "defense": defense, "attack": part["attack"].iloc[0],
+                               "seeds": int(len(part)), "nonmembers": int(part["nonmembers"].min()),
+                               "compression": float(part["compression"].mean()),
+                               "epsilon": float(part["epsilon"].mean())}
+        for name in ("test_acc", *metrics):
+            ok = name == "test_acc" or resolves(name, row["nonmembers"])
+            s = seed_interval(part[name], bounds=(0.0, 1.0)) if ok else {"mean": math.nan, "low": None, "high": None}
+            row |= {name: s["mean"], f"{name}_low": _nan(s["low"]), f"{name}_high": _nan(s["high"])}
+        rows.append(row)
+    return pd.DataFrame(rows)

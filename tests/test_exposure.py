@@ -234,3 +234,22 @@ def test_defence_aware_lira_trains_pruned_shadows(small_target) -> None:
     # The same shadow models come back from the cache (trained once).
     again = compute_attack_scores(pruned_ctx, pruned, ["lira_online_aware"])
     np.testing.assert_array_equal(again.scores["lira_online_aware"], aware)
+
+
+def test_seed_interval_needs_three_seeds_and_clips_rates() -> None:
+    two = exposure.seed_interval([0.5, 0.7])
+    assert two["mean"] == pytest.approx(0.6) and two["low"] is None and two["seeds"] == 2
+    three = exposure.seed_interval([0.01, 0.02, 0.06], bounds=(0.0, 1.0))
+    mean, low, high = mean_interval([0.01, 0.02, 0.06])
+    assert three["mean"] == pytest.approx(mean) and three["high"] == pytest.approx(high)
+    assert low < 0 and three["low"] == 0.0  # a rate's interval stays inside [0, 1]
+    assert exposure.seed_interval([np.nan])["seeds"] == 0
+
+
+def test_run_metrics_reads_the_oracle_and_only_calibrated_accuracies() -> None:
+    result = {"auc": 0.6, "tpr_at_1pct_fpr": 0.02, "tpr_at_0_1pct_fpr": 0.0, "accuracy": 0.55,
+              "advantage": 0.2, "threshold_kind": "fixed"}
+    m = exposure.run_metrics(result)
+    assert np.isnan(m["accuracy_calibrated"]) and m["accuracy_oracle"] == pytest.approx(0.6)
+    m = exposure.run_metrics(result | {"threshold_kind": "calibrated", "accuracy_oracle": 0.61})
+    assert m["accuracy_calibrated"] == 0.55 and m["accuracy_oracle"] == 0.61
