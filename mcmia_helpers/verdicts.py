@@ -205,46 +205,53 @@ def replication_table(first: "pd.DataFrame", second: "pd.DataFrame") -> "pd.Data
 
 def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
                  metrics: Sequence[str]) -> "plt.Figure":
-    """Changes with their intervals, one panel per metric on its own scale, ordinary examples and
-    canaries side by side, the metric's equivalence margin shaded around zero. Rows without an
-    interval (too few targets) are drawn as open points; rows without a change (a rate the
-    non-members do not resolve) are left out."""
+    """Changes with their intervals: a row of panels per metric, ordinary examples on the left and
+    canaries on the right, every panel on its own scale (the canaries' large changes never squash
+    the ordinary examples' intervals), the metric's equivalence margin shaded around zero. Rows
+    without an interval (too few targets) are drawn as open points; rows without a change (a
+    rate the non-members do not resolve) are left out and the panel says so."""
     import matplotlib.pyplot as plt
 
-    rows = (len(metrics) + 1) // 2  # two panels a row, as every figure of the book
-    fig, axes = plt.subplots(rows, 2, figsize=(10.0, rows * (0.9 + 0.45 * len(comparisons))),
+    subsets = ("ordinary", "canaries")
+    fig, axes = plt.subplots(len(metrics), 2, figsize=(10.0, len(metrics) * (0.8 + 0.4 * len(comparisons))),
                              sharey=True, squeeze=False)
-    flat = axes.ravel()
-    for ax in flat[len(metrics):]:
-        ax.set_visible(False)
-    for ax, metric in zip(flat, metrics):
+    for row_axes, metric in zip(axes, metrics):
         scale = 100.0 if metric in evidence.IN_POINTS else 1.0
         margin = scale * evidence.MARGINS[metric]
-        ax.axvspan(-margin, margin, color="0.9", label="equivalence margin")
-        ax.axvline(0, color="grey", lw=1)
-        for j, subset in enumerate(("ordinary", "canaries")):
-            ax.plot([], [], "o", color=f"C{j}", label=subset)  # one legend entry per subset
+        for ax, subset in zip(row_axes, subsets):
+            ax.axvspan(-margin, margin, color="0.9", label="equivalence margin")
+            ax.axvline(0, color="grey", lw=1)
             part = table[(table.metric == metric) & (table.examples == subset)]
+            drawn = 0
             for k, label in enumerate(comparisons):
-                row = part[part.comparison == label]
-                if row.empty or row.iloc[0]["change"] is None or np.isnan(row.iloc[0]["change"]):
+                hit = part[part.comparison == label]
+                if hit.empty or _missing(hit.iloc[0]["change"]):
                     continue
-                r = row.iloc[0]
-                y = k + (0.15 if j else -0.15)
-                if r["low"] is not None and not np.isnan(r["low"]):
-                    ax.errorbar(scale * r["change"], y, capsize=3, fmt="o", color=f"C{j}",
+                r = hit.iloc[0]
+                drawn += 1
+                if not _missing(r["low"]):
+                    ax.errorbar(scale * r["change"], k, capsize=3, fmt="o", color="C0",
                                 xerr=[[scale * (r["change"] - r["low"])],
                                       [scale * (r["high"] - r["change"])]])
                 else:
-                    ax.plot(scale * r["change"], y, "o", mfc="white", color=f"C{j}")
-        ax.set_title(SHORT[metric], fontsize=10)
-        ax.set_xlabel("change, points" if scale == 100 else "change")
-        ax.locator_params(axis="x", nbins=4)
-    flat[0].set_yticks(np.arange(len(comparisons)), comparisons, fontsize=8)
-    flat[0].invert_yaxis()
-    flat[1].legend(fontsize=7, loc="lower right")
+                    ax.plot(scale * r["change"], k, "o", mfc="white", color="C0")
+            if not drawn:
+                ax.text(0.5, 0.5, "not resolved by these non-members", transform=ax.transAxes,
+                        ha="center", va="center", fontsize=8, color="0.4")
+            ax.set_title(f"{SHORT[metric]}, {subset}", fontsize=10)
+            ax.set_xlabel("change, points" if scale == 100 else "change")
+            ax.locator_params(axis="x", nbins=4)
+    axes[0][0].set_yticks(np.arange(len(comparisons)), comparisons)
+    for ax in axes[:, 0]:
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0][0].set_ylim(len(comparisons) - 0.5, -0.5)
+    axes[0][1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def plot_class_auc(spreads: Mapping[str, Mapping[str, np.ndarray]], ylabel: str) -> "plt.Figure":

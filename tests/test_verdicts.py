@@ -104,15 +104,30 @@ def test_plot_changes_draws_the_margin_and_the_intervals() -> None:
     table = _table()
     fig = verdicts.plot_changes(table[table.attacker == "aware"],
                                 ["ADMM 90% − dense", "ADMM 90% − dense, as long"],
-                                ["auc", "tpr_at_1pct_fpr"])
-    auc_ax, tpr_ax = fig.axes  # two panels a row
-    band = [p for p in auc_ax.patches if p.get_label() == "equivalence margin"][0]
-    x0, x1 = sorted(band.get_path().transformed(band.get_patch_transform()).vertices[:, 0])[::3]
-    assert (x0, x1) == pytest.approx((-0.01, 0.01))
-    band = [p for p in tpr_ax.patches if p.get_label() == "equivalence margin"][0]
-    xs = band.get_path().transformed(band.get_patch_transform()).vertices[:, 0]
-    assert max(xs) == pytest.approx(1.0)  # 1 point: rates in points
-    assert tpr_ax.get_xlabel() == "change, points"
+                                ["auc", "tpr_at_1pct_fpr", "tpr_at_0_01pct_fpr"])
+    assert len(fig.axes) == 6  # a row per metric, ordinary and canaries side by side
+
+    def band(ax):
+        patch = [p for p in ax.patches if p.get_label() == "equivalence margin"][0]
+        xs = patch.get_path().transformed(patch.get_patch_transform()).vertices[:, 0]
+        return min(xs), max(xs)
+
+    auc_ordinary, auc_canaries, tpr_ordinary, tpr_canaries, rare_ordinary, _ = fig.axes
+    assert band(auc_ordinary) == pytest.approx((-0.01, 0.01))
+    assert band(tpr_canaries) == pytest.approx((-1.0, 1.0))  # 1 point: rates in points
+    assert tpr_canaries.get_xlabel() == "change, points"
+    assert tpr_canaries.get_title() == "TPR 1%, canaries"
+    # every panel on its own scale: the canaries' -5 points are not on the ordinary panel
+    assert tpr_canaries.get_xlim()[0] < -5 < tpr_ordinary.get_xlim()[0]
+    # a rate that no row resolves says so instead of an empty panel
+    assert any("not resolved" in t.get_text() for t in rare_ordinary.texts)
+    plt_close(fig)
+
+
+def plt_close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def test_zoo_utility_table_intervals_over_models() -> None:

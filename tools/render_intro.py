@@ -148,7 +148,7 @@ def _arch(archs: list[str], width: float) -> str:
     return names if width == 1.0 else f"{names} at width {width:g}"
 
 
-def _zoo_models(zoo, defences: tuple[str, ...] = ("minmax", "prune+minmax", "dp")) -> str:
+def _zoo_models(zoo, defences: tuple[str, ...] = ("minmax", "dp")) -> str:
     from mcmia_helpers.notebook import DEFENCE_NAMES
 
     fewer = [f"{DEFENCE_NAMES.get(d, d)} {zoo.models_for(d)}" for d in defences
@@ -200,6 +200,26 @@ def table_rows(scale: str = SCALE, root: Path = ROOT) -> list[tuple[str, str, st
     return rows
 
 
+def _data_of_records(root: Path, scale: str, arch: str) -> str | None:
+    """The data that the stored grid records of ``arch`` (``results/<scale>.jsonl``, which a grid
+    chapter shows) actually ran on, named as a stand-in where one was used; ``None`` without
+    records. A record is what the chapter shows, whatever the data would be today."""
+    path = root / "results" / f"{scale}.jsonl"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("arch") != arch:
+            continue
+        used, requested = record.get("dataset_used"), record.get("dataset_requested")
+        if not record.get("dataset_standin"):
+            return data_used(arch, used, None, 0)
+        view = " padded to 3x32x32" if arch != "lenet5" and used in ("fashion-mnist", "mnist") else ""
+        return (f"{_DATA_NAMES.get(used, used)}{view}, **stand-in** for "
+                f"{_DATA_NAMES.get(requested, requested)} (the stored records, `results/{path.name}`)")
+    return None
+
+
 def _families(scale: str, root: Path) -> list[tuple[str, str, str, float, str, str]]:
     """(chapter, models, architecture, width, data, members per model), one per family."""
     from mcmia_helpers import grid as grid_module
@@ -219,8 +239,9 @@ def _families(scale: str, root: Path) -> list[tuple[str, str, str, float, str, s
                 models = (f"{targets} targets per architecture ({seeds} seeds x {len(cell['defenses'])} defences)"
                           + _attackers(arch_scale, grid.get("attacks")))
                 needs = split_sizes(arch_scale.n_members).total
-                rows.append((link, models, cell["arch"], arch_scale.width,
-                             data_used(cell["arch"], cell["dataset"], cell.get("standin"), needs),
+                data = (_data_of_records(root, scale, cell["arch"])
+                        or data_used(cell["arch"], cell["dataset"], cell.get("standin"), needs))
+                rows.append((link, models, cell["arch"], arch_scale.width, data,
                              f"{arch_scale.n_members:,}"))
             continue
         pairs = _pairs(params)
@@ -264,7 +285,8 @@ def render_data_table(scale: str = SCALE, root: Path = ROOT) -> str:
               "A *subset* is real data, only less of it; a *stand-in* is other data in the shape "
               "the network expects, so its numbers are not the paper's dataset's. Each target's "
               "non-members are as many as its members. Computed by `tools/render_intro.py` from "
-              "`mcmia_helpers.scales` and each chapter's parameters cell."]
+              "`mcmia_helpers.scales`, each chapter's parameters cell and, for a grid chapter, "
+              "the stored records it shows."]
     return "\n".join(lines)
 
 
