@@ -455,9 +455,11 @@ for family in FAMILIES:
 ''', tags=("hide-output", "nbval-ignore-output"))
 
 md(r"""
-The figure shows the headline comparisons on LeNet-5/MNIST under the defence-aware attack, one
-panel per metric, each on its own scale, with the equivalence margin shaded: an interval inside
-the band reads "equivalent", one clear of zero and of the band "higher" or "lower".
+The figure shows the headline comparisons on LeNet-5/MNIST under the defence-aware attack: a
+row per metric, ordinary examples on the left and canaries on the right, every panel on its own
+scale, with the equivalence margin shaded. An interval inside the band reads "equivalent", one
+clear of zero and of the band "higher" or "lower"; an open point has no interval (too few
+targets), and a panel without points is a rate these non-members do not resolve.
 """)
 code(r'''
 HEADLINE = [
