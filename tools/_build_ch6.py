@@ -860,8 +860,8 @@ md(r"""
 ## Summary
 
 - A zoo makes every model a target: tens of thousands of pooled non-member scores per defence,
-  enough to resolve the TPR at 0.1% FPR on ordinary examples but not at 0.01%, and not the
-  canaries' low-FPR rates; the tables say what each unresolved rate would need.
+  enough to resolve the TPR at 0.1% FPR on ordinary examples but not at 0.01%, and on the
+  canaries nothing below 1% FPR; the tables say what each unresolved rate would need.
 - The attack that decides was chosen once per family on the undefended zoo, and every change is
   read as higher, lower, equivalent (inside a margin fixed in advance) or inconclusive; each
   verdict follows from all six metrics on both subsets by a stated rule and names the metrics
