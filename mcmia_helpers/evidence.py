@@ -17,7 +17,9 @@ model with the dense zoo. This module turns the leave-one-out scores of
   the same pool) are the retraining noise floor that a defence's change must exceed;
 * :func:`class_spread`: the attack's AUC within each class, per target, and its spread (Yuan
   and Zhang's class divergence), paired between zoos;
-* :func:`compose_verdict`: one sentence per comparison from the directions, never typed.
+* :func:`reading`, :data:`MARGINS`, :func:`resolves`, :func:`choose_decider`, :func:`verdict_word`
+  and :func:`verdict_sentence`: the four readings of a change, what the data resolve, the attack
+  that decides, and the verdict of a comparison by a stated rule, never typed.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ MIN_FALSE_POSITIVES = 10
 #: An interval needs at least this many independent units (pairs of targets in a zoo).
 MIN_PAIRS = 8
 
-#: Equivalence margins, fixed before any comparison was looked at (fractions: 0.005 is half a
-#: percentage point). A change whose whole 95% interval lies inside ``[-margin, +margin]`` is
+#: The equivalence margins, fixed before any comparison was looked at, as fractions (0.005 is
+#: half a percentage point). A change whose whole 95% interval lies inside ``[-margin, +margin]`` is
 #: read "equivalent" (see :func:`reading`); :data:`MARGIN_REASONS` says why each is the size it is.
 MARGINS: dict[str, float] = {
     "auc": 0.01,
@@ -67,7 +69,7 @@ MARGINS: dict[str, float] = {
     "accuracy_oracle": 0.01,
 }
 
-#: One sentence per margin: why a change inside it does not matter.
+#: One sentence per margin, saying why a change inside it does not matter.
 MARGIN_REASONS: dict[str, str] = {
     "auc": "±0.01 AUC: 2% of the way from chance (0.5) to a perfect attack; a smaller shift of "
            "the average ranking is negligible next to the low-FPR rates, which carry the risk to "

@@ -216,8 +216,8 @@ def paired_change(before: Sequence[float], after: Sequence[float], confidence: f
 #: has at most 1,000 non-members, and 0.1% of them is one false positive.
 SEED_METRICS: tuple[str, ...] = ("auc", "tpr_at_1pct_fpr", "accuracy_calibrated", "accuracy_oracle")
 
-#: An interval over seeds needs at least this many seeds: Student's t with one degree of freedom
-#: (two seeds) is 12.7 standard errors wide on each side, an interval that says nothing.
+#: The fewest seeds an interval over seeds rests on. With two seeds, Student's t has one degree
+#: of freedom and is 12.7 standard errors wide on each side, an interval that says nothing.
 MIN_SEEDS = 3
 
 

@@ -258,7 +258,7 @@ def attack_table(results: Mapping[str, Mapping[str, Any]], *, caption: str | Non
 
 # --- Chapter 5: like-for-like tables over seeds ----------------------------------------------
 
-#: A non-breaking space and the minus sign: an interval cell never wraps onto two lines.
+#: The non-breaking space of interval cells, which never wrap onto two lines.
 NBSP = "\u00a0"
 MINUS = "\u2212"
 

@@ -147,7 +147,7 @@ def test_the_glue_directive_of_the_box_is_checked_too(tmp_path) -> None:
     book.mkdir()
     _notebook(book / "06_zoo.ipynb", {"ch6_answer": "'fewer leaks'"})
     intro = book / "intro.md"
-    intro.write_text("```{glue} 06_zoo.ipynb::ch6_box\n```\n")
+    intro.write_text("```{glue} ch6_box\n:doc: 06_zoo.ipynb\n```\n")
     assert render_intro.glue_refs(intro.read_text()) == [("06_zoo.ipynb", "ch6_box", None)]
     problems = render_intro.missing_glue(intro)
     assert len(problems) == 1 and "'ch6_box'" in problems[0]

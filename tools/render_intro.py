@@ -44,7 +44,8 @@ _DATA_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "C
                "cifar100": "CIFAR-100", "imagenet": "ImageNet", "digits": "digits"}
 _GLUE = re.compile(r"\{glue(?::(?P<role>\w+))?\}`(?P<body>[^`]+)`")
 #: The glue directive, which pastes a whole output (a table) from another notebook.
-_GLUE_DIRECTIVE = re.compile(r"^```\{glue\}\s+(?P<body>\S+::\S+)\s*$", re.MULTILINE)
+_GLUE_DIRECTIVE = re.compile(r"^```\{glue\}\s+(?P<key>\S+)\s*\n:doc:\s*(?P<doc>\S+)\s*$",
+                             re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- chapter parameters
@@ -323,9 +324,8 @@ def glue_refs(text: str) -> list[tuple[str, str, str | None]]:
         doc, rest = body.split("::", 1)
         key, _, fmt = rest.partition(":")
         refs.append((doc, key, fmt))
-    for m in _GLUE_DIRECTIVE.finditer(text):  # a whole output: no format
-        doc, key = m["body"].split("::", 1)
-        refs.append((doc, key, None))
+    for m in _GLUE_DIRECTIVE.finditer(text):  # a whole output from another page: no format
+        refs.append((m["doc"], m["key"], None))
     return refs
 
 
