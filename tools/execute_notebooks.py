@@ -116,14 +116,7 @@ def render_table(times: dict) -> str:
 
 def update_intro(intro: Path, times: dict) -> None:
     """Replace the text between the run-time markers of ``intro`` with :func:`render_table`."""
-    text = intro.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{intro}: the run-time markers {START} / {END} are missing")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    tmp = intro.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{START}\n{render_table(times)}\n{END}{tail}")
-    os.replace(tmp, intro)
+    _render_intro().replace_block(intro, START, END, render_table(times), "run-time")
 
 
 def save_times(times: dict, path: Path = TIMES) -> None:

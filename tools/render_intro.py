@@ -291,16 +291,23 @@ def render_data_table(scale: str = SCALE, root: Path = ROOT) -> str:
     return "\n".join(lines)
 
 
+def replace_block(path: Path, start: str, end: str, body: str, what: str) -> None:
+    """Replace the text between the markers ``start`` and ``end`` of ``path`` with ``body``,
+    atomically (a generated block of the intro: the data table here, the run-time table in
+    tools/execute_notebooks.py)."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: the {what} markers {start} / {end} are missing")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    os.replace(tmp, path)
+
+
 def update_intro(intro: Path = INTRO, scale: str = SCALE) -> None:
     """Replace the text between the data-table markers of ``intro`` with :func:`render_data_table`."""
-    text = intro.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{intro}: the data-table markers {START} / {END} are missing")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    tmp = intro.with_suffix(".md.tmp")
-    tmp.write_text(f"{head}{START}\n{render_data_table(scale, intro.parent.parent)}\n{END}{tail}")
-    os.replace(tmp, intro)
+    replace_block(intro, START, END, render_data_table(scale, intro.parent.parent), "data-table")
 
 
 def committed_data_table(intro: Path = INTRO) -> str:
