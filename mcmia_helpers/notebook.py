@@ -328,7 +328,7 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
 
     One row per architecture, comparison and measure, in that order: the change (defence minus
     reference, seed by seed) with its 95% interval over seeds, its reading, and, on the first
-    row of each comparison, the seeds, the test-accuracy change that pays
+    row of each comparison, the test-accuracy change that pays
     for it (points, with its interval) and the compression. ``needed`` (measure -> non-members
     it needs, :func:`mcmia_helpers.evidence.nonmembers_needed`) completes the cells of
     unresolved rates. Plain names everywhere; every cell is text, ready for :func:`paper_table`.
@@ -345,11 +345,10 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
                 "architecture": ARCH_NAMES.get(r["arch"], r["arch"]) if first else "",
                 "comparison": (f"{DEFENCE_NAMES.get(r['defense'], r['defense'])} − "
                                f"{DEFENCE_NAMES.get(r['reference'], r['reference'])}") if first else "",
-                "seeds": str(int(r["seeds"])) if first else "",
                 "measure": MEASURE_NAMES[r["metric"]].replace(" (points)", ""),
                 "change [95% interval]": cell,
                 "reading": r["reading"],
-                "test accuracy change (points)": interval_text(
+                "test accuracy, points": interval_text(
                     r["test_change"], r["test_low"], r["test_high"], points=True, signed=True)
                 if first else "",
                 "compression": f"{r['compression']:.1f}x" if first else "",

@@ -69,31 +69,46 @@ def verdicts(table: "pd.DataFrame") -> "pd.DataFrame":
     return pd.DataFrame(out).set_index(_KEYS)
 
 
+#: The grid's metric columns, under a header row naming the examples (rates are TPRs at that FPR).
+GRID_COLUMNS: dict[str, str] = {"auc": "AUC", "tpr_at_1pct_fpr": "1%", "tpr_at_0_1pct_fpr": "0.1%",
+                                "tpr_at_0_01pct_fpr": "0.01%", "accuracy_calibrated": "acc.",
+                                "accuracy_oracle": "best acc."}
+
+
 def reading_grid(table: "pd.DataFrame", verdict_frame: "pd.DataFrame", family: str) -> "Styler":
-    """The readings of one family as a grid: a row per comparison and attacker, a column per
-    subset and metric holding the reading's symbol (:data:`SYMBOLS`), and the verdict."""
+    """The readings of one family as a grid that fits the page: a row per comparison and
+    attacker, a column per subset and metric (the TPR columns named by their FPR) holding the
+    reading's symbol (:data:`SYMBOLS`), and the verdict."""
     import pandas as pd
 
     part = table[table.family == family]
     if part.empty:
         raise UserError(f"reading_grid: no rows for the family {family!r}")
-    part = part.assign(column=[f"{e}: {SHORT[m]}" for e, m in zip(part.examples, part.metric)],
-                       symbol=[SYMBOLS.get(r, r) for r in part.reading])
-    order = list(dict.fromkeys(part.column))
-    grid = part.pivot_table(index=["comparison", "attacker"], columns="column", values="symbol",
-                            aggfunc="first", sort=False)[order].fillna("")
+    cells: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+    columns: list[tuple[str, str]] = []
+    for r in part.to_dict("records"):
+        column = (str(r["examples"]), GRID_COLUMNS[str(r["metric"])])
+        if column not in columns:
+            columns.append(column)
+        row = (str(r["comparison"]), str(r["attacker"]))
+        cells.setdefault(row, {})[column] = SYMBOLS.get(str(r["reading"]), str(r["reading"]))
     words = verdict_frame.xs(family, level="family")["verdict"]
-    grid["verdict"] = [words.loc[(c, a)] for c, a in grid.index]
-    grid = grid.reset_index()
-    grid["attacker"] = grid["attacker"].map(ATTACKERS)
+    grid = pd.DataFrame([[cells[row].get(c, "") for c in columns] + [words.loc[row]]
+                         for row in cells],
+                        index=pd.MultiIndex.from_tuples(list(cells), names=["comparison", "attacker"]),
+                        columns=pd.MultiIndex.from_tuples(columns + [("", "verdict")]))
     legend = " ".join(f"{s} {r}" for r, s in SYMBOLS.items() if r != "too few targets")
-    return (grid.style.hide(axis="index")
+    return (grid.style
             .set_caption(f"{family}: readings ({legend}; not read: rate not resolved or too few "
-                         f"targets)")
-            .set_table_styles([{"selector": "td, th", "props": "padding: 1px 5px; font-size: 0.8em;"
+                         "targets). Aware: the defence-aware attacker; unaware: the paper's. "
+                         "1%, 0.1%, 0.01%: TPR at that FPR; acc.: calibrated attack accuracy; "
+                         "best acc.: the oracle's.")
+            .set_table_styles([{"selector": "td, th", "props": "padding: 1px 4px; font-size: 0.75em;"
                                                               " text-align: center;"},
-                               {"selector": "th", "props": "white-space: normal; max-width: 6em;"}])
-            .set_properties(subset=["comparison", "attacker"], **{"text-align": "left"}))
+                               {"selector": "th.row_heading", "props": "text-align: left;"
+                                                                        " max-width: 15em;"
+                                                                        " white-space: normal;"},
+                               {"selector": "th.col_heading", "props": "white-space: nowrap;"}]))
 
 
 def change_table(table: "pd.DataFrame", family: str) -> "Styler":

@@ -65,7 +65,8 @@ def test_the_grid_shows_each_reading_and_the_verdict() -> None:
     cells = html.split("<tbody>")[1]
     assert cells.count(">▲<") == 2 and cells.count(">▼<") == 2  # AUC up, canaries' TPR down (x2)
     assert ">nan<" not in cells
-    assert "mixed" in html and "equivalent" in html and "defence-aware" in html
+    assert "mixed" in html and "equivalent" in html and ">aware<" in html and ">unaware<" in html
+    assert ">0.01%<" in html and ">ordinary<" in html and ">canaries<" in html
     numbers = verdicts.change_table(table, "F").to_html()
     assert "+0.020 [+0.015, +0.025] higher" in numbers
     assert "-5.00 [-8.00, -2.00] lower" in numbers  # points for rates
