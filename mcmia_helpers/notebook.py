@@ -329,7 +329,8 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
     One row per architecture, comparison and measure, in that order: the change (defence minus
     reference, seed by seed) with its 95% interval over seeds, its reading, and, on the first
     row of each comparison, the test-accuracy change that pays
-    for it (points, with its interval) and the compression. ``needed`` (measure -> non-members
+    for it (points, with its interval; the compression is in the utility table). ``needed``
+    (measure -> non-members
     it needs, :func:`mcmia_helpers.evidence.nonmembers_needed`) completes the cells of
     unresolved rates. Plain names everywhere; every cell is text, ready for :func:`paper_table`.
     """
@@ -351,7 +352,6 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
                 "test accuracy, points": interval_text(
                     r["test_change"], r["test_low"], r["test_high"], points=True, signed=True)
                 if first else "",
-                "compression": f"{r['compression']:.1f}x" if first else "",
             })
     return pd.DataFrame(rows)
 
