@@ -17,7 +17,7 @@ model with the dense zoo. This module turns the leave-one-out scores of
   the same pool) are the retraining noise floor that a defence's change must exceed;
 * :func:`class_spread`: the attack's AUC within each class, per target, and its spread (Yuan
   and Zhang's class divergence), paired between zoos;
-* :func:`reading`, :data:`MARGINS`, :func:`resolves`, :func:`choose_decider`, :func:`verdict_word`
+* :func:`reading`, :data:`MARGINS`, :func:`~mcmia_helpers.metrics.resolves`, :func:`choose_decider`, :func:`verdict_word`
   and :func:`verdict_sentence`: the four readings of a change, what the data resolve, the attack
   that decides, and the verdict of a comparison by a stated rule, never typed.
 """
@@ -31,7 +31,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.metrics import mean_interval, per_class_auc
+from mcmia_helpers.metrics import (FPR_OF, MIN_FALSE_POSITIVES, mean_interval,  # noqa: F401
+                                   nonmembers_needed, per_class_auc, resolves)
 from mcmia_helpers.zoo.evaluate import (ZooScores, _subset_columns, _unit_means,
                                         example_exposure, paired_difference, zoo_metrics)
 
@@ -45,14 +46,6 @@ METRICS: dict[str, str] = {
     "accuracy_oracle": "accuracy (oracle)",
 }
 
-
-#: The false-positive rate at which each TPR metric is read.
-FPR_OF: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0_1pct_fpr": 0.001,
-                            "tpr_at_0_01pct_fpr": 0.0001}
-
-#: A TPR at FPR ``f`` is printed only where ``f x non-members`` allows this many false positives:
-#: with fewer, the threshold sits on one or two non-member scores and the rate is noise.
-MIN_FALSE_POSITIVES = 10
 
 #: An interval needs at least this many independent units (pairs of targets in a zoo).
 MIN_PAIRS = 8
@@ -89,19 +82,6 @@ MARGIN_REASONS: dict[str, str] = {
 READINGS = ("higher", "lower", "equivalent", "inconclusive")
 
 
-def resolves(metric: str, nonmembers: int) -> bool:
-    """Whether ``metric`` can be printed from ``nonmembers`` pooled non-member scores: always for
-    AUC and accuracies; for a TPR at FPR ``f`` only where ``f * nonmembers >= 10``."""
-    fpr = FPR_OF.get(metric)
-    return fpr is None or fpr * nonmembers >= MIN_FALSE_POSITIVES - 1e-9
-
-
-def nonmembers_needed(metric: str) -> int:
-    """The pooled non-member scores a TPR metric needs to be resolved (0 for the others)."""
-    fpr = FPR_OF.get(metric)
-    return 0 if fpr is None else int(math.ceil(MIN_FALSE_POSITIVES / fpr - 1e-9))
-
-
 def reading(low: float | None, high: float | None, margin: float) -> str:
     """One of :data:`READINGS` for a change with 95% interval ``[low, high]``.
 
@@ -130,7 +110,7 @@ def choose_decider(rows: Mapping[str, Mapping[str, float | None]], nonmembers: i
 
     ``rows`` maps each candidate attack to its metrics on the undefended model or zoo (keys of
     :data:`METRICS`); ``nonmembers`` is how many non-member scores those metrics pooled. The rule:
-    the highest TPR at the lowest FPR that ``nonmembers`` resolves (:func:`resolves`), AUC breaking
+    the highest TPR at the lowest FPR that ``nonmembers`` resolves (:func:`~mcmia_helpers.metrics.resolves`), AUC breaking
     ties; a missing or NaN rate counts as lowest. Where the non-members resolve no TPR at all
     (fewer than 1,000: a small zoo), the highest AUC decides. Returns ``(attack, metric)``."""
     if not rows:
@@ -166,7 +146,7 @@ def pooled_row(zs: ZooScores, subset: str = "all", n_bootstrap: int = 200,
     subset cannot be scored (for example a zoo without canaries).
 
     Only what the data resolve is given: a TPR whose FPR the pooled non-members cannot resolve
-    (:func:`resolves`) is ``None``, with ``metric + "_needs"`` the non-members it would need; an
+    (:func:`~mcmia_helpers.metrics.resolves`) is ``None``, with ``metric + "_needs"`` the non-members it would need; an
     interval needs :data:`MIN_PAIRS` pairs of targets, else both bounds are ``None`` and
     ``"interval"`` says "too few targets"."""
     m = zoo_metrics(zs, subset, n_bootstrap=n_bootstrap, seed=seed)

@@ -19,9 +19,33 @@ real attacker can know ("oracle"; it equals ``0.5 + advantage / 2``). The record
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mcmia_helpers.errors import UserError
+
+#: The false-positive rate at which each TPR metric is read.
+FPR_OF: dict[str, float] = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0_1pct_fpr": 0.001,
+                            "tpr_at_0_01pct_fpr": 0.0001}
+
+#: A TPR at FPR ``f`` is printed only where ``f x non-members`` allows this many false positives:
+#: with fewer, the threshold sits on one or two non-member scores and the rate is noise.
+MIN_FALSE_POSITIVES = 10
+
+
+def resolves(metric: str, nonmembers: int) -> bool:
+    """Whether ``metric`` can be printed from ``nonmembers`` pooled non-member scores: always for
+    AUC and accuracies; for a TPR at FPR ``f`` only where ``f * nonmembers >= 10``."""
+    fpr = FPR_OF.get(metric)
+    return fpr is None or fpr * nonmembers >= MIN_FALSE_POSITIVES - 1e-9
+
+
+def nonmembers_needed(metric: str) -> int:
+    """The pooled non-member scores a TPR metric needs to be resolved (0 for the others)."""
+    fpr = FPR_OF.get(metric)
+    return 0 if fpr is None else int(math.ceil(MIN_FALSE_POSITIVES / fpr - 1e-9))
+
 
 #: The keys of every metrics record (and of its ``ci95`` entry).
 METRIC_KEYS = ("accuracy", "auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")

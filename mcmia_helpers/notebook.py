@@ -231,17 +231,18 @@ def attack_table(results: Mapping[str, Mapping[str, Any]], *, caption: str | Non
     import pandas as pd
 
     from mcmia_helpers.attacks.names import plain_name
+    from mcmia_helpers.metrics import nonmembers_needed, resolves
 
     rows = []
     for name, m in results.items():
         ci = m.get("ci95", {})
         calibrated = m.get("threshold_kind") == "calibrated"
         rates = {}
-        for key, title, fpr in (("tpr_at_1pct_fpr", "TPR at 1% FPR", 0.01),
-                                ("tpr_at_0_1pct_fpr", "TPR at 0.1% FPR", 0.001)):
+        for key, title in (("tpr_at_1pct_fpr", "TPR at 1% FPR"),
+                           ("tpr_at_0_1pct_fpr", "TPR at 0.1% FPR")):
             nonmembers = m.get("n_nonmembers")
-            if nonmembers is not None and fpr * nonmembers < 10 - 1e-9:  # < 10 false positives
-                rates[title] = f"needs {int(round(10 / fpr)):,} non-members"
+            if nonmembers is not None and not resolves(key, nonmembers):
+                rates[title] = f"needs {nonmembers_needed(key):,} non-members"
             else:
                 rates[title] = format_value(m[key], percent=True, interval=ci.get(key))
         rows.append({

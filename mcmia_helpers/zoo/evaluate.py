@@ -60,7 +60,7 @@ from mcmia_helpers.attacks.rmia import (RMIA_GAMMA, rmia_scores, rmia_signal, rm
                                         tune_offline_a)
 from mcmia_helpers.attacks.scores import METRIC_SCORES, calibrate_threshold, logit_confidence
 from mcmia_helpers.errors import UserError
-from mcmia_helpers.metrics import _curves, _trapezoid, mean_interval
+from mcmia_helpers.metrics import FPR_OF, _curves, _trapezoid, mean_interval
 from mcmia_helpers.zoo.membership import partner
 from mcmia_helpers.zoo.train import Zoo
 
@@ -70,7 +70,6 @@ AWARE_SUFFIX = "_aware"
 #: The metrics of every target and of the pooled pairs.
 SUMMARY_KEYS = ("auc", "advantage", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "tpr_at_0_01pct_fpr",
                 "accuracy_calibrated", "accuracy_oracle")
-_FPRS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0_1pct_fpr": 0.001, "tpr_at_0_01pct_fpr": 0.0001}
 
 
 def zoo_attack_names(names: str | Iterable[str]) -> tuple[str, ...]:
@@ -209,7 +208,7 @@ def _summaries(scores: np.ndarray, labels: np.ndarray, predicted: np.ndarray | N
     n_neg = (weights * (labels == 0)).sum(1)
     tpr, fpr = tp / n_pos[:, None], fp / n_neg[:, None]
     out = {"auc": _trapezoid(tpr, fpr), "advantage": np.max(tpr - fpr, axis=1)}
-    for key, rate in _FPRS.items():
+    for key, rate in FPR_OF.items():
         out[key] = np.max(np.where(fpr <= rate + 1e-12, tpr, 0.0), axis=1)
     out["accuracy_oracle"] = 0.5 + out["advantage"] / 2
     if predicted is None:
