@@ -332,7 +332,7 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
     row of each comparison, the test-accuracy change that pays
     for it (points, with its interval; the compression is in the utility table). ``needed``
     (measure -> non-members
-    it needs, :func:`mcmia_helpers.evidence.nonmembers_needed`) completes the cells of
+    it needs, :func:`mcmia_helpers.metrics.nonmembers_needed`) completes the cells of
     unresolved rates. Plain names everywhere; every cell is text, ready for :func:`paper_table`.
     """
     import pandas as pd
