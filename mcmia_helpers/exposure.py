@@ -11,9 +11,10 @@ Yuan and Zhang (2022) found pruning to widen), pools scores over seeds for low-F
 direction (:func:`paired_change`). Chapter 6 uses all of them.
 
 Chapter 5 reads a grid's records seed by seed: :func:`seed_runs` (the deciding attack's
-measures per run, the attack chosen once on the undefended model from
-:func:`undefended_metrics`), :func:`seed_changes` (each defence minus its reference, paired by
-seed, with an interval over seeds and one of four readings) and :func:`seed_summary`.
+measures per run and attacker, the attack chosen once on the undefended model from
+:func:`undefended_metrics`, each attacker's scores picked by :func:`attacker_attacks`),
+:func:`seed_changes` (each defence minus its reference, paired by seed, with an interval over
+seeds and one of four readings) and :func:`seed_summary`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mcmia_helpers.attacks.names import DEFENCE_AWARE_ATTACKS, REFERENCE_ATTACKS, aware_form
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.metrics import mean_interval, per_class_auc
 
@@ -247,11 +249,14 @@ def undefended_metrics(records: Sequence[Mapping[str, Any]], arch: str
     """Every attack's measures on the *undefended* runs of ``arch`` (mean over seeds), and the
     non-members of one run (the smallest count): what
     :func:`mcmia_helpers.evidence.choose_decider` needs to choose the deciding attack once,
-    before any defence is looked at."""
+    before any defence is looked at. The defence-aware forms (``*_aware``) are left out: on an
+    undefended model they are the plain attacks."""
     runs = [r for r in records if r["arch"] == arch and r["defense"] == "none"]
     if not runs:
         raise UserError(f"no undefended run of {arch}: the grid needs {{defense: none}} for it")
-    attacks = sorted(set.intersection(*(set(r["attacks"]) for r in runs)))
+    # Against an undefended model a defence-aware attack is its plain form (the same reference
+    # models): it is not a candidate of its own.
+    attacks = sorted(set.intersection(*(set(r["attacks"]) for r in runs)) - set(DEFENCE_AWARE_ATTACKS))
     rows = {}
     for attack in attacks:
         per_seed = [run_metrics(r["attacks"][attack]) for r in runs]
@@ -260,28 +265,57 @@ def undefended_metrics(records: Sequence[Mapping[str, Any]], arch: str
     return rows, nonmembers
 
 
+#: The two attackers of chapter 5, in the order its tables show them: the paper's threat model
+#: (calibrated on models trained without the defence) and the defence-aware attacker
+#: (calibrated on models trained through the target's defence).
+ATTACKERS: tuple[str, ...] = ("unaware", "aware")
+
+
+def attacker_attacks(record: Mapping[str, Any], attack: str) -> dict[str, str]:
+    """Which scores of one grid record each attacker gets for the deciding ``attack``.
+
+    A reference-model attack (LiRA, RMIA) holds both attackers in one record: its plain form
+    uses reference models trained without the defence (unaware), its ``*_aware`` form models
+    trained through the target's defence (aware). A metric or shadow-model attack has one
+    calibration per record (its ``calibration`` field; a defended record without the field
+    predates target-matched calibration, so it is unaware). Against an undefended model the
+    two attackers are one. Only the scores the record holds are returned."""
+    if attack in REFERENCE_ATTACKS:
+        forms = {"unaware": attack, "aware": aware_form(attack)}
+    elif record["defense"] == "none":
+        forms = {"unaware": attack, "aware": attack}
+    else:
+        calibrated_on = record.get("calibration") or "undefended"
+        forms = {"aware" if calibrated_on == "target" else "unaware": attack}
+    return {who: name for who, name in forms.items() if name in record["attacks"]}
+
+
 def seed_runs(records: Sequence[Mapping[str, Any]], deciders: Mapping[str, str]) -> "pd.DataFrame":
-    """One row per run of a grid: architecture, defence, seed, the deciding attack of its
-    architecture (``deciders``: architecture -> attack, chosen on the undefended model) and that
-    attack's :data:`SEED_METRICS`, the test accuracy, compression ratio, privacy budget, how the
-    attacker calibrated (``calibration`` of the record) and the run's non-member count."""
+    """One row per run of a grid and attacker (:data:`ATTACKERS`, see :func:`attacker_attacks`):
+    architecture, defence, seed, attacker, the deciding attack of its architecture
+    (``deciders``: architecture -> attack, chosen on the undefended model) in that attacker's
+    form and its :data:`SEED_METRICS`, the test accuracy, compression ratio, privacy budget,
+    how the attacker calibrated and the run's non-member count."""
     import pandas as pd
 
     rows = []
     for r in records:
-        attack = deciders[r["arch"]]
-        if attack not in r["attacks"]:
-            raise UserError(f"{r['cell_id']} has no '{attack}' scores: rerun the grid with it")
-        result = r["attacks"][attack]
-        rows.append({"arch": r["arch"], "defense": r["defense"], "seed": int(r["seed"]),
-                     "attack": attack, "test_acc": float(r["test_acc"]),
-                     "compression": float(r.get("compression_ratio") or 1.0),
-                     "epsilon": float(r.get("epsilon") or math.inf),
-                     "calibration": r.get("calibration"), "nonmembers": int(result["n_nonmembers"]),
-                     **run_metrics(result)})
+        forms = attacker_attacks(r, deciders[r["arch"]])
+        if not forms:
+            raise UserError(f"{r['cell_id']} has no '{deciders[r['arch']]}' scores: rerun the grid "
+                            "with it")
+        for attacker, attack in forms.items():
+            result = r["attacks"][attack]
+            rows.append({"arch": r["arch"], "defense": r["defense"], "seed": int(r["seed"]),
+                         "attacker": attacker, "attack": attack, "test_acc": float(r["test_acc"]),
+                         "compression": float(r.get("compression_ratio") or 1.0),
+                         "epsilon": float(r.get("epsilon") or math.inf),
+                         "calibration": r.get("calibration"),
+                         "nonmembers": int(result["n_nonmembers"]), **run_metrics(result)})
     frame = pd.DataFrame(rows)
-    if frame.duplicated(["arch", "defense", "seed"]).any():
-        raise UserError("two records of one architecture, defence and seed: keep one per seed")
+    if frame.duplicated(["arch", "defense", "seed", "attacker"]).any():
+        raise UserError("two records of one architecture, defence, seed and attacker: keep one "
+                        "per seed")
     return frame
 
 
@@ -304,7 +338,7 @@ def seed_changes(runs: "pd.DataFrame", comparisons: Sequence[tuple[str, str]], *
                  margins: Mapping[str, float], read: Callable[[float | None, float | None, float], str],
                  resolves: Callable[[str, int], bool],
                  metrics: Sequence[str] = SEED_METRICS) -> "pd.DataFrame":
-    """Chapter 5's like-for-like comparison: for every architecture and every ``(defence,
+    """Chapter 5's like-for-like comparison: for every architecture, attacker and ``(defence,
     reference)`` pair of ``comparisons`` that its runs hold, ``defence - reference`` seed by seed
     (same seed, same members) in each of ``metrics``, with its interval over seeds
     (:func:`seed_interval`) and a reading ``read(low, high, margins[metric])`` (pass
@@ -315,13 +349,13 @@ def seed_changes(runs: "pd.DataFrame", comparisons: Sequence[tuple[str, str]], *
     ``"not resolved"``; with fewer than :data:`MIN_SEEDS` seeds ``low`` and ``high`` are NaN.
     The test-accuracy change (the cost) and the defended runs' mean compression come beside
     every row. Returns one row per architecture, comparison and metric: ``arch, defense,
-    reference, attack, metric, change, low, high, seeds, nonmembers, resolved, reading,
+    reference, attacker, attack, metric, change, low, high, seeds, nonmembers, resolved, reading,
     test_change, test_low, test_high, compression, calibration``."""
     import pandas as pd
 
     rows = []
-    for arch in dict.fromkeys(runs["arch"]):
-        part = runs[runs["arch"] == arch]
+    for arch, attacker in dict.fromkeys(zip(runs["arch"], runs["attacker"])):
+        part = runs[(runs["arch"] == arch) & (runs["attacker"] == attacker)]
         for defense, reference in comparisons:
             after, before = part[part["defense"] == defense], part[part["defense"] == reference]
             pair = after.merge(before, on="seed", suffixes=("", "_ref"))
@@ -330,7 +364,7 @@ def seed_changes(runs: "pd.DataFrame", comparisons: Sequence[tuple[str, str]], *
             test = seed_interval(pair["test_acc"] - pair["test_acc_ref"])
             nonmembers = int(min(pair["nonmembers"].min(), pair["nonmembers_ref"].min()))
             common = {"arch": arch, "defense": defense, "reference": reference,
-                      "attack": pair["attack"].iloc[0], "seeds": int(len(pair)),
+                      "attacker": attacker, "attack": pair["attack"].iloc[0], "seeds": int(len(pair)),
                       "nonmembers": nonmembers, "test_change": _nan(test["mean"]),
                       "test_low": _nan(test["low"]), "test_high": _nan(test["high"]),
                       "compression": float(pair["compression"].mean()),
@@ -354,15 +388,17 @@ def _nan(value: float | None) -> float:
 
 def seed_summary(runs: "pd.DataFrame", resolves: Callable[[str, int], bool],
                  metrics: Sequence[str] = SEED_METRICS) -> "pd.DataFrame":
-    """One row per architecture and defence: the mean over seeds of test accuracy and of the
+    """One row per architecture, defence and attacker: the mean over seeds of test accuracy and of the
     deciding attack's ``metrics`` with intervals over seeds (:func:`seed_interval`; a metric
     that ``resolves`` rejects for one run's non-members is NaN), plus seeds, compression and
     privacy budget. Columns ``<name>``, ``<name>_low``, ``<name>_high`` per measure."""
     import pandas as pd
 
     rows = []
-    for (arch, defense), part in runs.groupby(["arch", "defense"], sort=False):
-        row: dict[str, Any] = {"arch": arch, "defense": defense, "attack": part["attack"].iloc[0],
+    for (arch, defense, attacker), part in runs.groupby(["arch", "defense", "attacker"],
+                                                        sort=False):
+        row: dict[str, Any] = {"arch": arch, "defense": defense, "attacker": attacker,
+                               "attack": part["attack"].iloc[0],
                                "seeds": int(len(part)), "nonmembers": int(part["nonmembers"].min()),
                                "compression": float(part["compression"].mean()),
                                "epsilon": float(part["epsilon"].mean())}

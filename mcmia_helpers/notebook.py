@@ -278,6 +278,11 @@ DEFENCE_NAMES: dict[str, str] = {"none": "baseline", "prune": "ADMM pruning",
                                  "minmax": "Min-Max", "prune+minmax": "ADMM pruning & Min-Max",
                                  "dp": "DP-SGD"}
 
+#: Plain names of the datasets (the records' ``dataset_requested`` and ``dataset_used``).
+DATASET_NAMES: dict[str, str] = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST",
+                                 "cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+                                 "imagenet": "ImageNet", "digits": "digits"}
+
 #: Plain names of the book's architectures.
 ARCH_NAMES: dict[str, str] = {"lenet5": "LeNet-5", "vgg16": "VGG16", "mobilenetv2": "MobileNetV2",
                               "resnet18": "ResNet18"}
@@ -324,49 +329,74 @@ def change_cell(row: Mapping[str, Any], metric: str, needed: int | None = None) 
     return text
 
 
+#: Plain names of chapter 5's attackers (:data:`mcmia_helpers.exposure.ATTACKERS`).
+ATTACKER_NAMES: dict[str, str] = {"unaware": "unaware", "aware": "defence-aware",
+                                  "both": "either"}
+
+
 def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = None) -> "pd.DataFrame":
     """Chapter 5's like-for-like table, from :func:`mcmia_helpers.exposure.seed_changes`.
 
-    One row per architecture, comparison and measure, in that order: the change (defence minus
-    reference, seed by seed) with its 95% interval over seeds, its reading, and, on the first
-    row of each comparison, the test-accuracy change that pays
-    for it (points, with its interval; the compression is in the utility table). ``needed``
-    (measure -> non-members
-    it needs, :func:`mcmia_helpers.metrics.nonmembers_needed`) completes the cells of
-    unresolved rates. Plain names everywhere; every cell is text, ready for :func:`paper_table`.
+    One row per architecture, comparison, attacker and measure, in that order: the change
+    (defence minus reference, seed by seed) with its 95% interval over seeds and its reading;
+    on the first row of each comparison, the test-accuracy change that pays for it (points,
+    with its interval; the same for both attackers, so shown once; the compression is in the
+    utility table). The comparison column is left out when the table holds one comparison
+    (the caption names it). ``needed`` (measure -> non-members it needs,
+    :func:`mcmia_helpers.metrics.nonmembers_needed`) completes the cells of unresolved rates.
+    Plain names everywhere; every cell is text, ready for :func:`paper_table`.
     """
     import pandas as pd
 
     needed = dict(needed or {})
+    one_comparison = len(changes.groupby(["defense", "reference"])) == 1
     rows = []
-    for _, group in changes.groupby(["arch", "defense", "reference"], sort=False):
+    groups = changes.groupby(["arch", "defense", "reference", "attacker"], sort=False)
+    comparisons = list(dict.fromkeys(key[:3] for key in groups.groups))
+    attackers = list(dict.fromkeys(key[3] for key in groups.groups))
+    ordered = [(c, a) for c in comparisons for a in attackers if (*c, a) in groups.groups]
+    for (arch, defense, reference), attacker in ordered:
+        group = groups.get_group((arch, defense, reference, attacker))
+        first_of_comparison = attacker == next(a for c, a in ordered
+                                               if c == (arch, defense, reference))
         for i, (_, r) in enumerate(group.iterrows()):
             first = i == 0
-            cell = change_cell(r, r["metric"], needed.get(r["metric"]))
-            rows.append({
-                "architecture": ARCH_NAMES.get(r["arch"], r["arch"]) if first else "",
-                "comparison": (f"{DEFENCE_NAMES.get(r['defense'], r['defense'])} − "
-                               f"{DEFENCE_NAMES.get(r['reference'], r['reference'])}") if first else "",
+            row = {"architecture": ARCH_NAMES.get(arch, arch) if first and first_of_comparison
+                   else ""}
+            if not one_comparison:
+                row["comparison"] = (f"{DEFENCE_NAMES.get(defense, defense)} − "
+                                     f"{DEFENCE_NAMES.get(reference, reference)}"
+                                     if first and first_of_comparison else "")
+            row |= {
+                "attacker": ATTACKER_NAMES.get(attacker, attacker) if first else "",
                 "measure": MEASURE_NAMES[r["metric"]].replace(" (points)", ""),
-                "change [95% interval]": cell,
+                "change [95% interval]": change_cell(r, r["metric"], needed.get(r["metric"])),
                 "reading": r["reading"],
                 "test accuracy, points": interval_text(
                     r["test_change"], r["test_low"], r["test_high"], points=True, signed=True)
-                if first else "",
-            })
+                if first and first_of_comparison else "",
+            }
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
 def summary_table(summary: "pd.DataFrame", measures: Sequence[str]) -> "pd.DataFrame":
     """The paper's kind of table from :func:`mcmia_helpers.exposure.seed_summary`: one row per
-    architecture and defence, each measure's mean over seeds with its 95% interval (rates in
-    percent), ``-`` where a rate is not resolved; seeds, compression and privacy budget."""
+    architecture, defence and attacker, each measure's mean over seeds with its 95% interval
+    (rates in percent), ``-`` where a rate is not resolved; seeds, compression and privacy
+    budget. An undefended model has one row, its attacker "either": without a defence the
+    unaware and the defence-aware attacker calibrate on the same models."""
     import pandas as pd
 
     rows = []
     for _, r in summary.iterrows():
+        attacker = r.get("attacker")
+        if r["defense"] == "none" and attacker == "aware":
+            continue
         row = {"architecture": ARCH_NAMES.get(r["arch"], r["arch"]),
                "defence": DEFENCE_NAMES.get(r["defense"], r["defense"]), "seeds": str(int(r["seeds"]))}
+        if attacker is not None:
+            row["attacker"] = ATTACKER_NAMES["both" if r["defense"] == "none" else attacker]
         for m in measures:
             name = MEASURE_NAMES[m].replace(" (points)", " (%)")
             row[name] = interval_text(r[m], r[f"{m}_low"], r[f"{m}_high"], points=m != "auc")

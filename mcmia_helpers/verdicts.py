@@ -226,6 +226,8 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
     without an interval (too few targets) are drawn as open points; rows without a change (a
     rate the non-members do not resolve) are left out and the panel says so."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     subsets = ("ordinary", "canaries")
     fig, axes = plt.subplots(len(metrics), 2, figsize=(10.0, len(metrics) * (0.8 + 0.4 * len(comparisons))),
@@ -260,8 +262,14 @@ def plot_changes(table: "pd.DataFrame", comparisons: Sequence[str],
     for ax in axes[:, 0]:
         ax.tick_params(axis="y", labelsize=8)
     axes[0][0].set_ylim(len(comparisons) - 0.5, -0.5)
-    axes[0][1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    # One legend below the panels, where it covers no point.
+    fig.legend(handles=[Patch(color="0.9", label="equivalence margin"),
+                        Line2D([], [], marker="o", ls="", color="C0",
+                               label="change, 95% interval over pairs of targets"),
+                        Line2D([], [], marker="o", ls="", mfc="white", color="C0",
+                               label="change without an interval (too few targets)")],
+               loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.8 / fig.get_figheight(), 1, 1))
     return fig
 
 

@@ -151,3 +151,19 @@ def test_the_glue_directive_of_the_box_is_checked_too(tmp_path) -> None:
     assert render_intro.glue_refs(intro.read_text()) == [("06_zoo.ipynb", "ch6_box", None)]
     problems = render_intro.missing_glue(intro)
     assert len(problems) == 1 and "'ch6_box'" in problems[0]
+
+
+def test_a_grid_architecture_in_several_cells_is_one_row_with_all_its_defences() -> None:
+    """Chapter 5's grid lists LeNet-5 twice (pruning; Min-Max and pruning with Min-Max): the
+    data table counts its targets once, over every defence of both cells."""
+    from mcmia_helpers import grid as grid_module
+
+    grid = grid_module.load_grid("book")
+    defences = sum(len(c["defenses"]) for c in grid["cells"] if c["arch"] == "lenet5")
+    seeds = len(grid["seeds"])
+    rows = [r for r in render_intro.table_rows() if "05_four_architectures" in r[0]
+            and "LeNet-5" in r[2]]
+    assert len(rows) == 1, rows
+    assert f"{defences * seeds} targets per architecture ({seeds} seeds x {defences} defences)" \
+        in rows[0][1]
+    assert "without and with the target's defence" in rows[0][1]  # the grid's *_aware attacks

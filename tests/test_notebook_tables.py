@@ -78,7 +78,12 @@ def test_the_table_cell_shows_the_change_in_points_without_wrapping() -> None:
     auc_cell = table.loc[table.measure == "AUC", "change [95% interval]"].item()
     assert auc_cell.startswith("+0.030\u00a0[")
     assert table.loc[0, "architecture"] == "LeNet-5" and table.loc[1, "architecture"] == ""
-    assert table.loc[0, "comparison"] == "ADMM pruning − baseline"
+    assert "comparison" not in table  # one comparison: the caption names it
+    assert table.loc[0, "attacker"] == "defence-aware" and table.loc[1, "attacker"] == ""
+    two = exposure.seed_changes(_changes(_records())[1], [("prune", "none"), ("none", "prune")],
+                                margins=evidence.MARGINS, read=evidence.reading,
+                                resolves=evidence.resolves)
+    assert notebook.change_table(two).loc[0, "comparison"] == "ADMM pruning − baseline"
     phrase = notebook.change_phrase(acc)
     assert phrase == cell + " points, " + acc.reading
 
@@ -139,3 +144,65 @@ def test_attack_table_prints_only_the_rates_its_non_members_resolve() -> None:
     assert "needs 10,000 non-members" in html and "1.1%" not in html  # 0.1% FPR: one
     html = notebook.attack_table({"loss": {**m, "n_nonmembers": 20000}}).to_html()
     assert "1.1%" in html and "needs" not in html
+
+
+def _reference_records(seeds=(0, 1, 2)):
+    """LiRA in both forms: the unaware (plain) attack sees no change from pruning, the
+    defence-aware one a rise of 0.05 AUC; the undefended runs hold both forms, equal."""
+    out = []
+    for s in seeds:
+        base = _attack(0.60, 0.03, 0.57, 0.58)
+        out.append({"arch": "lenet5", "defense": "none", "seed": s, "cell_id": f"none/{s}",
+                    "test_acc": 0.9, "calibration": "target",
+                    "attacks": {"loss": _attack(0.52, 0.01, 0.51, 0.52), "lira_online": base,
+                                "lira_online_aware": base}})
+        out.append({"arch": "lenet5", "defense": "prune", "seed": s, "cell_id": f"prune/{s}",
+                    "test_acc": 0.9, "calibration": "target", "compression_ratio": 10.0,
+                    "attacks": {"loss": _attack(0.52, 0.01, 0.51, 0.52),
+                                "lira_online": _attack(0.60 + 0.001 * s, 0.03, 0.57, 0.58),
+                                "lira_online_aware": _attack(0.65 + 0.001 * s, 0.05, 0.60, 0.61)}})
+    return out
+
+
+def test_both_attackers_come_from_one_record_of_a_reference_attack() -> None:
+    records = _reference_records()
+    rows, nonmembers = exposure.undefended_metrics(records, "lenet5")
+    assert "lira_online_aware" not in rows  # the plain attack on an undefended model
+    attack, _ = evidence.choose_decider(rows, nonmembers)
+    assert attack == "lira_online"
+    runs = exposure.seed_runs(records, {"lenet5": attack})
+    assert len(runs) == 12  # 6 records x 2 attackers
+    pruned = runs[runs.defense == "prune"].set_index(["attacker", "seed"])
+    assert set(pruned.loc["aware"].attack) == {"lira_online_aware"}
+    assert set(pruned.loc["unaware"].attack) == {"lira_online"}
+    changes = exposure.seed_changes(runs, COMPARISONS, margins=evidence.MARGINS,
+                                    read=evidence.reading, resolves=evidence.resolves)
+    aware = notebook.table_row(changes, attacker="aware", metric="auc")
+    unaware = notebook.table_row(changes, attacker="unaware", metric="auc")
+    assert aware.change == pytest.approx(0.051) and aware.reading == "higher"
+    assert unaware.change == pytest.approx(0.001) and unaware.reading == "equivalent"
+    # the table keeps each comparison together: its unaware rows, then its aware rows
+    both = exposure.seed_changes(runs, [("prune", "none"), ("none", "prune")],
+                                 margins=evidence.MARGINS, read=evidence.reading,
+                                 resolves=evidence.resolves)
+    table = notebook.change_table(both)
+    assert list(table.comparison[table.comparison != ""]) == ["ADMM pruning − baseline",
+                                                              "baseline − ADMM pruning"]
+    assert list(table.attacker[table.attacker != ""]) == ["unaware", "defence-aware"] * 2
+    assert list(table.index[table.comparison != ""]) == [0, 8]
+    summary = notebook.summary_table(exposure.seed_summary(runs, evidence.resolves), ["auc"])
+    assert list(summary.attacker) == ["either", "unaware", "defence-aware"]
+    assert list(summary.AUC.str[:5]) == ["0.600", "0.601", "0.651"]
+
+
+def test_a_metric_attack_has_the_attacker_of_its_calibration() -> None:
+    records = _records()
+    for r in records:
+        if r["defense"] == "prune":
+            r["calibration"] = "undefended"
+    runs = exposure.seed_runs(records, {"lenet5": "loss"})
+    assert set(runs[runs.defense == "prune"].attacker) == {"unaware"}
+    assert set(runs[runs.defense == "none"].attacker) == {"unaware", "aware"}
+    del records[1]["calibration"]  # an old record: calibrated without the defence
+    assert exposure.attacker_attacks(records[1], "loss") == {"unaware": "loss"}
+    assert exposure.attacker_attacks(records[1], "lira_online") == {}

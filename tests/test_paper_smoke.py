@@ -122,6 +122,9 @@ def test_skip_leaves_out_the_matching_cells_before_any_runs(tmp_path, capsys, mo
     """``--skip`` (what .ci/run uses for VGG16's 224-px form): a bad expression is one line and
     exit 2; one that, with --only, leaves nothing says so; nothing trains in either case."""
     monkeypatch.setattr(paper_smoke, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    # main() sets MCMIA_SMOKE for its cells: restored after the test, so that it never caps the
+    # tests that run after this one in the same worker (their cell ids would say smoke=2).
+    monkeypatch.setenv("MCMIA_SMOKE", "2")
     out = str(tmp_path / "s.jsonl")
     assert paper_smoke.main(["--out", out, "--skip", "px=(224"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

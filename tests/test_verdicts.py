@@ -122,6 +122,10 @@ def test_plot_changes_draws_the_margin_and_the_intervals() -> None:
     assert tpr_canaries.get_xlim()[0] < -5 < tpr_ordinary.get_xlim()[0]
     # a rate that no row resolves says so instead of an empty panel
     assert any("not resolved" in t.get_text() for t in rare_ordinary.texts)
+    # one legend, below the panels, where it covers no point
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert all(ax.get_window_extent().y0 >= legend_top for ax in fig.axes)
     plt_close(fig)
 
 

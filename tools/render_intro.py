@@ -30,6 +30,8 @@ import re
 import sys
 from pathlib import Path
 
+from mcmia_helpers import notebook as _notebook
+
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 INTRO = BOOK / "intro.md"
@@ -39,9 +41,8 @@ SCALE = "book"
 #: The chapters that train model zoos (every model a target) from their ARCH/DATASET pairs; the
 #: other chapters with ARCH/DATASET train single targets, chapter 5 a grid (its CONFIG).
 ZOO_CHAPTERS = ("06_beyond_attack_accuracy",)
-#: The architectures that take 3x32x32 images (CIFAR-10 or its stand-in).
-_DATA_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
-               "cifar100": "CIFAR-100", "imagenet": "ImageNet", "digits": "digits"}
+#: Plain dataset names (their one home is mcmia_helpers.notebook).
+_DATA_NAMES = _notebook.DATASET_NAMES
 _GLUE = re.compile(r"\{glue(?::(?P<role>\w+))?\}`(?P<body>[^`]+)`")
 #: The glue directive, which pastes a whole output (a table) from another notebook.
 _GLUE_DIRECTIVE = re.compile(r"^```\{glue\}\s+(?P<key>\S+)\s*\n:doc:\s*(?P<doc>\S+)\s*$",
@@ -161,7 +162,9 @@ def _zoo_models(zoo, defences: tuple[str, ...] = ("minmax", "dp")) -> str:
 
 def _attackers(arch_scale, attacks) -> str:
     """The attacker's own models per target: shadow models, and LiRA's reference models when the
-    chapter's attacks include LiRA (``ATTACKS = None``: every attack the scale affords)."""
+    chapter's attacks include LiRA (``ATTACKS = None``: every attack the scale affords); with
+    defence-aware attacks (``*_aware``) the reference models are trained both without and with
+    the target's defence."""
     parts = []
     names = None if attacks is None else [str(a) for a in attacks]
     if names is None or any(a.startswith("shadow") for a in names):
@@ -171,7 +174,9 @@ def _attackers(arch_scale, attacks) -> str:
     if not parts:
         return ""
     many = parts[-1].split()[0] != "1" or len(parts) > 1
-    return f" + {' and '.join(parts)} model{'s' if many else ''} per target"
+    aware = names is not None and any(a.endswith("_aware") for a in names)
+    return (f" + {' and '.join(parts)} model{'s' if many else ''} per target"
+            + (", without and with the target's defence" if aware else ""))
 
 
 def table_rows(scale: str = SCALE, root: Path = ROOT) -> list[tuple[str, str, str, str, str]]:
@@ -234,11 +239,14 @@ def _families(scale: str, root: Path) -> list[tuple[str, str, str, float, str, s
         if "CONFIG" in params:  # a grid: cells x defences x seeds
             grid = grid_module.load_grid(params["CONFIG"])
             seeds = len(grid.get("seeds", [0]))
+            by_arch: dict[str, list[dict]] = {}  # an architecture may come in several cells
             for cell in grid["cells"]:
+                by_arch.setdefault(cell["arch"], []).append(cell)
+            for cells in by_arch.values():
+                cell, defences = cells[0], sum(len(c["defenses"]) for c in cells)
                 arch_scale = sizes.for_arch(cell["arch"])
-                targets = len(cell["defenses"]) * seeds
-                models = (f"{targets} targets per architecture ({seeds} seeds x {len(cell['defenses'])} defences)"
-                          + _attackers(arch_scale, grid.get("attacks")))
+                models = (f"{defences * seeds} targets per architecture ({seeds} seeds x {defences} "
+                          "defences)" + _attackers(arch_scale, grid.get("attacks")))
                 needs = split_sizes(arch_scale.n_members).total
                 data = (_data_of_records(root, scale, cell["arch"])
                         or data_used(cell["arch"], cell["dataset"], cell.get("standin"), needs))
