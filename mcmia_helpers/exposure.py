@@ -265,9 +265,9 @@ def undefended_metrics(records: Sequence[Mapping[str, Any]], arch: str
     return rows, nonmembers
 
 
-#: The two attackers of chapter 5, in the order its tables show them: the paper's threat model
-#: (calibrated on models trained without the defence) and the defence-aware attacker
-#: (calibrated on models trained through the target's defence).
+#: The two attackers of chapter 5, in the order its tables show them. The unaware attacker
+#: (the paper's threat model) calibrates on models trained without the defence, the
+#: defence-aware attacker on models trained through the target's defence.
 ATTACKERS: tuple[str, ...] = ("unaware", "aware")
 
 
