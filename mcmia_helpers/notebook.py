@@ -350,31 +350,28 @@ def change_table(changes: "pd.DataFrame", needed: Mapping[str, int] | None = Non
 
     needed = dict(needed or {})
     one_comparison = len(changes.groupby(["defense", "reference"])) == 1
+    attacker_order = {a: k for k, a in enumerate(dict.fromkeys(changes["attacker"]))}
     rows = []
-    groups = changes.groupby(["arch", "defense", "reference", "attacker"], sort=False)
-    comparisons = list(dict.fromkeys(key[:3] for key in groups.groups))
-    attackers = list(dict.fromkeys(key[3] for key in groups.groups))
-    ordered = [(c, a) for c in comparisons for a in attackers if (*c, a) in groups.groups]
-    for (arch, defense, reference), attacker in ordered:
-        group = groups.get_group((arch, defense, reference, attacker))
-        first_of_comparison = attacker == next(a for c, a in ordered
-                                               if c == (arch, defense, reference))
-        for i, (_, r) in enumerate(group.iterrows()):
-            first = i == 0
-            row = {"architecture": ARCH_NAMES.get(arch, arch) if first and first_of_comparison
-                   else ""}
+    for (arch, defense, reference), comparison in changes.groupby(
+            ["arch", "defense", "reference"], sort=False):
+        # a stable sort keeps each attacker's measures in their order, unaware rows first
+        ordered = comparison.sort_values("attacker", key=lambda a: a.map(attacker_order),
+                                         kind="stable")
+        label = f"{DEFENCE_NAMES.get(defense, defense)} − {DEFENCE_NAMES.get(reference, reference)}"
+        for i, (_, r) in enumerate(ordered.iterrows()):
+            first_of_attacker = i == 0 or r["attacker"] != ordered["attacker"].iloc[i - 1]
+            row = {"architecture": ARCH_NAMES.get(arch, arch) if i == 0 else ""}
             if not one_comparison:
-                row["comparison"] = (f"{DEFENCE_NAMES.get(defense, defense)} − "
-                                     f"{DEFENCE_NAMES.get(reference, reference)}"
-                                     if first and first_of_comparison else "")
+                row["comparison"] = label if i == 0 else ""
             row |= {
-                "attacker": ATTACKER_NAMES.get(attacker, attacker) if first else "",
+                "attacker": ATTACKER_NAMES.get(r["attacker"], r["attacker"])
+                if first_of_attacker else "",
                 "measure": MEASURE_NAMES[r["metric"]].replace(" (points)", ""),
                 "change [95% interval]": change_cell(r, r["metric"], needed.get(r["metric"])),
                 "reading": r["reading"],
                 "test accuracy, points": interval_text(
                     r["test_change"], r["test_low"], r["test_high"], points=True, signed=True)
-                if first and first_of_comparison else "",
+                if i == 0 else "",
             }
             rows.append(row)
     return pd.DataFrame(rows)

@@ -17,6 +17,7 @@ import numpy as np
 from mcmia_helpers import evidence
 from mcmia_helpers.errors import UserError
 from mcmia_helpers.metrics import mean_interval
+from mcmia_helpers.notebook import ATTACKER_NAMES
 
 if TYPE_CHECKING:  # pandas and matplotlib load on first use
     import matplotlib.pyplot as plt
@@ -30,7 +31,9 @@ SYMBOLS: dict[str, str] = {"higher": "▲", "lower": "▼", "equivalent": "=", "
 SHORT: dict[str, str] = {"auc": "AUC", "tpr_at_1pct_fpr": "TPR 1%", "tpr_at_0_1pct_fpr": "TPR 0.1%",
                          "tpr_at_0_01pct_fpr": "TPR 0.01%", "accuracy_calibrated": "acc. (cal.)",
                          "accuracy_oracle": "acc. (best)"}
-ATTACKERS = {"aware": "defence-aware", "unaware": "unaware (the paper's)"}
+#: The attackers' plain names (:data:`mcmia_helpers.notebook.ATTACKER_NAMES`), the unaware one
+#: marked as the paper's.
+ATTACKERS = {**ATTACKER_NAMES, "unaware": f"{ATTACKER_NAMES['unaware']} (the paper's)"}
 _KEYS = ["family", "comparison", "attacker"]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import time
 
@@ -122,9 +123,7 @@ def test_skip_leaves_out_the_matching_cells_before_any_runs(tmp_path, capsys, mo
     """``--skip`` (what .ci/run uses for VGG16's 224-px form): a bad expression is one line and
     exit 2; one that, with --only, leaves nothing says so; nothing trains in either case."""
     monkeypatch.setattr(paper_smoke, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
-    # main() sets MCMIA_SMOKE for its cells: restored after the test, so that it never caps the
-    # tests that run after this one in the same worker (their cell ids would say smoke=2).
-    monkeypatch.setenv("MCMIA_SMOKE", "2")
+    monkeypatch.delenv("MCMIA_SMOKE", raising=False)
     out = str(tmp_path / "s.jsonl")
     assert paper_smoke.main(["--out", out, "--skip", "px=(224"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -132,6 +131,9 @@ def test_skip_leaves_out_the_matching_cells_before_any_runs(tmp_path, capsys, mo
     assert paper_smoke.main(["--out", out, "--coverage", "defences", "--only", "vgg16/imagenet",
                              "--skip", "vgg16/imagenet/.*px=(64|224)"]) == 2
     assert "matches no smoke cell" in capsys.readouterr().err
+    # main() caps its own cells only: a leaked MCMIA_SMOKE=2 would cap every later test of
+    # this process (their cell ids would say smoke=2)
+    assert "MCMIA_SMOKE" not in os.environ
     kept = [paper_smoke.smoke_cell_id(s) for s in paper_smoke.smoke_specs(tmp_path, coverage="defences")]
     skip = re.compile("vgg16/imagenet/.*px=224")
     assert sum(bool(skip.search(c)) for c in kept) == 5  # VGG16's five defences at 224 px

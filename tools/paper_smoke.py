@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imagenet-root", default=None,
                         help="an ImageFolder tree (default: a tiny one written to a temporary folder)")
     args = parser.parse_args(argv)
+    # The cap holds for this run only: an in-process caller (a test) gets its environment back.
+    caller_smoke = os.environ.get("MCMIA_SMOKE")
     os.environ.setdefault("MCMIA_SMOKE", "2")
     from mcmia_helpers.errors import UserError
 
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the cells done are in --out; run the same command again to go on",
               file=sys.stderr)
         return 130
+    finally:
+        if caller_smoke is None:
+            os.environ.pop("MCMIA_SMOKE", None)
 
 
 def _smoke(args: argparse.Namespace) -> int:
